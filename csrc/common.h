@@ -1,0 +1,108 @@
+// Argument checks and dtype dispatch shared by every host wrapper (C++ CPU and CUDA), so each
+// check is written once. Messages name the argument and what was expected.
+#pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+
+#include <optional>
+
+#include "distill_params.h"
+
+#define SD_CHECK_ARG(cond, ...) TORCH_CHECK_VALUE(cond, "sparsedistill: ", __VA_ARGS__)
+#define SD_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, "sparsedistill: ", __VA_ARGS__)
+
+// The logits dtypes the native kernels compute on (float32 arithmetic inside).
+#define SD_DISPATCH_LOGITS(TYPE, NAME, ...)                        \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                   \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)     \
+                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__)  \
+                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
+namespace sparsedistill {
+
+inline bool is_logits_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
+}
+
+// Checks the arguments of sparsedistill::distill_loss and returns the launch description.
+inline DistillParams check_distill_args(const at::Tensor& student, const at::Tensor& teacher,
+                                        const std::optional<at::Tensor>& labels, double T,
+                                        double alpha, double beta, int64_t divergence,
+                                        int64_t ignore_index, bool compute_grad) {
+  SD_CHECK_ARG(student.dim() == 2, "student must be 2-D (N, V), got shape ", student.sizes());
+  SD_CHECK_ARG(teacher.sizes() == student.sizes(), "teacher must have the shape of student ",
+               student.sizes(), ", got ", teacher.sizes());
+  SD_CHECK_TYPE(is_logits_dtype(student.scalar_type()),
+                "student must be floating point (float32, bfloat16, float16, float64), got ",
+                student.scalar_type());
+  SD_CHECK_TYPE(teacher.scalar_type() == student.scalar_type(),
+                "teacher must have the dtype of student (", student.scalar_type(), "), got ",
+                teacher.scalar_type());
+  SD_CHECK_ARG(teacher.device() == student.device(), "teacher must be on the device of student (",
+               student.device(), "), got ", teacher.device());
+  SD_CHECK_ARG(student.size(1) > 0 || student.size(0) == 0,
+               "student must have at least one class (V > 0)");
+  if (labels.has_value()) {
+    const auto& y = *labels;
+    SD_CHECK_TYPE(y.scalar_type() == at::kLong, "labels must be int64, got ", y.scalar_type());
+    SD_CHECK_ARG(y.dim() == 1 && y.size(0) == student.size(0), "labels must have shape (",
+                 student.size(0), "), got ", y.sizes());
+    SD_CHECK_ARG(y.device() == student.device(), "labels must be on the device of student (",
+                 student.device(), "), got ", y.device());
+  }
+  SD_CHECK_ARG(T > 0 && std::isfinite(T), "T must be finite and > 0, got ", T);
+  SD_CHECK_ARG(alpha >= 0 && alpha <= 1, "alpha must lie in [0, 1], got ", alpha);
+  SD_CHECK_ARG(beta >= 0 && beta <= 1, "beta must lie in [0, 1], got ", beta);
+  SD_CHECK_ARG(divergence == kForwardKL || divergence == kReverseKL || divergence == kJSD,
+               "divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd), got ", divergence);
+
+  DistillParams p;
+  p.rows = student.size(0);
+  p.vocab = student.size(1);
+  p.temperature = static_cast<float>(T);
+  p.alpha = static_cast<float>(alpha);
+  p.beta = static_cast<float>(beta);
+  p.divergence = divergence;
+  p.ignore_index = ignore_index;
+  p.has_labels = labels.has_value();
+  p.compute_grad = compute_grad;
+  return p;
+}
+
+// Per-row outputs of distill_loss, allocated once for every backend.
+struct DistillOutputs {
+  at::Tensor loss, soft, hard, grad;
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> as_tuple() const {
+    return {loss, soft, hard, grad};
+  }
+};
+
+inline DistillOutputs alloc_distill_outputs(const at::Tensor& student, bool compute_grad) {
+  auto rows_opts = student.options().dtype(at::kFloat);
+  DistillOutputs out;
+  out.loss = at::empty({student.size(0)}, rows_opts);
+  out.soft = at::empty({student.size(0)}, rows_opts);
+  out.hard = at::empty({student.size(0)}, rows_opts);
+  out.grad = compute_grad ? at::empty_like(student, at::MemoryFormat::Contiguous)
+                          : at::empty({0}, student.options());
+  return out;
+}
+
+}  // namespace sparsedistill
+
+namespace sparsedistill {
+
+// float64 logits are computed like every dtype, in float32: run `kernel` on float32 copies and
+// return the gradient in float64. Used by every backend so the dtype contract is the same.
+template <typename Kernel>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_via_float32(
+    Kernel kernel, const at::Tensor& student, const at::Tensor& teacher,
+    const std::optional<at::Tensor>& labels, double T, double alpha, double beta,
+    int64_t divergence, int64_t ignore_index, bool compute_grad) {
+  auto [loss, soft, hard, grad] =
+      kernel(student.to(at::kFloat), teacher.to(at::kFloat), labels, T, alpha, beta, divergence,
+             ignore_index, compute_grad);
+  return {loss, soft, hard, grad.to(at::kDouble)};
+}
+
+}  // namespace sparsedistill

@@ -1,0 +1,17 @@
+"""sparsedistill: fast model compression for PyTorch.
+
+    import sparsedistill
+    loss = sparsedistill.distillation_loss(student_logits, teacher_logits, labels, T=4, alpha=0.5)
+
+Every op is a torch.library op (torch.ops.sparsedistill.*) with a pure-PyTorch default kernel;
+the compiled C++/CUDA kernels override it when the extension is built. See backend_info().
+"""
+from . import _ops  # noqa: F401  (defines the ops before the native library registers kernels)
+from ._backend import backend_info, load_native
+
+load_native()
+
+from .distill import DistillationLoss, distillation_loss  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["distillation_loss", "DistillationLoss", "backend_info", "__version__"]

@@ -1,0 +1,98 @@
+"""Pure-PyTorch kernels: registered as the "default" (CompositeExplicitAutograd) implementation of
+every op, so every op runs on every device without the native build, and used as the test oracle.
+
+They follow the exact contract of the native kernels (same outputs, same per-row gradient), written
+for clarity rather than speed: every intermediate is a full (N, V) tensor.
+"""
+from __future__ import annotations
+
+import torch
+
+# Divergence codes shared with csrc/distill_params.h.
+FORWARD_KL, REVERSE_KL, JSD = 0, 1, 2
+
+
+def _zero_where(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    # 0 * log(0)-style terms are defined as 0 (as F.kl_div's xlogy does); NaN is kept.
+    return torch.where(mask, torch.zeros((), dtype=x.dtype, device=x.device), x)
+
+
+def check_label_range(labels: torch.Tensor, vocab: int, ignore_index: int) -> None:
+    """Raise if a label that is not ignore_index lies outside [0, vocab).
+
+    One small reduction over the N labels and a host sync; skipped while tracing
+    (torch.compile, CUDA graph capture), where the native kernels' backstop applies instead
+    (C++: an error; CUDA: a NaN row, since a kernel cannot raise without killing the context).
+    """
+    if torch.compiler.is_compiling() or labels.numel() == 0:
+        return
+    if labels.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= vocab))
+    if bool(bad.any()):
+        raise ValueError(f"true_labels must lie in [0, {vocab}) or equal ignore_index="
+                         f"{ignore_index}; got {labels[bad][0].item()}")
+
+
+def distill_loss(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    labels: torch.Tensor | None,
+    T: float,
+    alpha: float,
+    beta: float,
+    divergence: int,
+    ignore_index: int,
+    compute_grad: bool,
+    acc_dtype: torch.dtype = torch.float32,
+):
+    """Reference of ``sparsedistill::distill_loss``. Returns per-row (loss, soft, hard, grad).
+
+    soft = T^2 * D(p_teacher || q_student) (D by `divergence`), hard = cross-entropy of the raw
+    student logits (0 without labels), loss = a*soft + (1-a)*hard with a = alpha (1 without
+    labels). grad is d(loss_row)/d(student) in the student's dtype (empty when not compute_grad);
+    ignored rows have zero loss and zero gradient.
+    """
+    rows, vocab = student.shape
+    s = student.to(acc_dtype)
+    t = teacher.to(acc_dtype)
+    log_q = torch.log_softmax(s / T, dim=-1)
+    log_p = torch.log_softmax(t / T, dim=-1)
+    q, p = log_q.exp(), log_p.exp()
+
+    if divergence == FORWARD_KL:
+        d = _zero_where(p == 0, p * (log_p - log_q)).sum(-1)
+        gz = q - p
+    elif divergence == REVERSE_KL:
+        d = _zero_where(q == 0, q * (log_q - log_p)).sum(-1)
+        gz = _zero_where(q == 0, q * (log_q - log_p - d[:, None]))
+    elif divergence == JSD:
+        log_m = torch.log(beta * p + (1 - beta) * q)
+        k = _zero_where(q == 0, q * (log_q - log_m)).sum(-1)
+        d = beta * _zero_where(p == 0, p * (log_p - log_m)).sum(-1) + (1 - beta) * k
+        gz = _zero_where(q == 0, (1 - beta) * q * (log_q - log_m - k[:, None]))
+    else:
+        raise ValueError(f"divergence code must be 0, 1 or 2, got {divergence}")
+
+    soft = d * (T * T)
+    grad = gz * T  # d(T^2 * D)/ds = T^2 * (1/T) * dD/dz
+    a = alpha if labels is not None else 1.0
+    if labels is not None:
+        check_label_range(labels, vocab, ignore_index)
+        valid = labels != ignore_index
+        safe = torch.where(valid, labels, 0)
+        lse = torch.logsumexp(s, dim=-1)
+        hard = lse - s.gather(1, safe[:, None]).squeeze(1)
+        grad_hard = torch.softmax(s, dim=-1)
+        grad_hard[torch.arange(rows, device=s.device), safe] -= 1
+        loss = a * soft + (1 - a) * hard
+        grad = a * grad + (1 - a) * grad_hard
+        zero = torch.zeros((), dtype=acc_dtype, device=s.device)
+        soft, hard, loss = (torch.where(valid, x, zero) for x in (soft, hard, loss))
+        grad = torch.where(valid[:, None], grad, zero)
+    else:
+        hard = torch.zeros_like(soft)
+        loss = soft
+    grad = grad.to(student.dtype) if compute_grad else student.new_empty((0,))
+    return loss.float(), soft.float(), hard.float(), grad
+

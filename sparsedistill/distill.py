@@ -1,0 +1,157 @@
+"""Fused knowledge-distillation loss: a one-line replacement for the textbook composite
+
+    alpha * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean") * T**2
+        + (1 - alpha) * F.cross_entropy(s, y)
+
+computed per row in two passes over the logits (three for reverse KL and JSD), with the gradient
+written during the forward and only scaled in backward.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ._reference import FORWARD_KL, JSD, REVERSE_KL, check_label_range
+
+_DIVERGENCES = {"kl": FORWARD_KL, "forward_kl": FORWARD_KL, "reverse_kl": REVERSE_KL, "jsd": JSD}
+_REDUCTIONS = ("mean", "sum", "none")
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_args(student, teacher, labels, T, alpha, beta, reduction, divergence):
+    for name, x in (("student_logits", student), ("teacher_logits", teacher)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{name} must be floating point (float32, bfloat16, float16 or "
+                            f"float64), got {x.dtype}")
+        if x.dim() < 2:
+            raise ValueError(f"{name} must have shape (N, V) or (B, S, V), got {tuple(x.shape)}")
+    if student.shape != teacher.shape:
+        raise ValueError(f"teacher_logits must have the shape of student_logits "
+                         f"{tuple(student.shape)}, got {tuple(teacher.shape)}")
+    if student.shape[-1] == 0:
+        raise ValueError("student_logits must have at least one class (last dimension is 0)")
+    if teacher.device != student.device:
+        raise ValueError(f"teacher_logits must be on the device of student_logits "
+                         f"({student.device}), got {teacher.device}")
+    if labels is not None:
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"true_labels must be a torch.Tensor or None, got {type(labels).__name__}")
+        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+            raise TypeError(f"true_labels must be an integer tensor of class indices, got {labels.dtype}")
+        if labels.shape != student.shape[:-1]:
+            raise ValueError(f"true_labels must have shape {tuple(student.shape[:-1])} "
+                             f"(the logits' shape without the class dimension), got {tuple(labels.shape)}")
+        if labels.device != student.device:
+            raise ValueError(f"true_labels must be on the device of student_logits "
+                             f"({student.device}), got {labels.device}")
+    if not (isinstance(T, (int, float)) and T > 0 and T != float("inf")):
+        raise ValueError(f"T (temperature) must be a finite number > 0, got {T!r}")
+    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
+        raise ValueError(f"beta must be a number in [0, 1], got {beta!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if divergence not in _DIVERGENCES:
+        raise ValueError(f"divergence must be one of {tuple(_DIVERGENCES)}, got {divergence!r}")
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    true_labels: torch.Tensor | None = None,
+    T: float = 4.0,
+    alpha: float = 0.5,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    divergence: str = "kl",
+    beta: float = 0.5,
+    return_parts: bool = False,
+):
+    """Hinton distillation loss, fused: ``alpha * T^2 * D(teacher || student) + (1-alpha) * CE``.
+
+    Args:
+        student_logits: raw logits (N, V) or (B, S, V): any shape whose last dim is the classes.
+        teacher_logits: same shape; never receives a gradient. Cast to the student's dtype if
+            it differs (one copy).
+        true_labels: class indices of shape ``student_logits.shape[:-1]``, or None for the soft
+            term alone (then ``alpha`` is not applied: the loss is ``T^2 * D``).
+        T: temperature > 0. alpha: weight of the soft term in [0, 1].
+        ignore_index: rows with this label are left out of both terms.
+        reduction: "mean" (over the rows not ignored, for both terms; note that stock
+            ``kl_div(reduction="batchmean")`` divides a (B, S, V) sum by B, not by B*S),
+            "sum", or "none" (per-row loss of shape ``student_logits.shape[:-1]``).
+        divergence: "kl" (forward KL(p_t || p_s), Hinton), "reverse_kl" (KL(p_s || p_t)) or
+            "jsd": generalised Jensen-Shannon ``beta*KL(p_t||m) + (1-beta)*KL(p_s||m)`` with
+            ``m = beta*p_t + (1-beta)*p_s``; beta=0 gives forward KL and beta=1 reverse KL
+            (the convention of GKD / TRL). The soft term carries the T^2 factor in every case.
+        return_parts: also return the soft (``T^2 * D``) and hard (CE) parts, reduced the same
+            way and detached, for logging. They come from the same pass.
+
+    Returns:
+        the loss in the student's dtype, or ``(loss, soft, hard)`` with ``return_parts``.
+    """
+    _check_args(student_logits, teacher_logits, true_labels, T, alpha, beta, reduction, divergence)
+    code = _DIVERGENCES[divergence]
+    if code == JSD and beta in (0.0, 1.0):  # the JSD formula degenerates to 0 at the ends
+        code = FORWARD_KL if beta == 0.0 else REVERSE_KL
+
+    vocab = student_logits.shape[-1]
+    lead_shape = student_logits.shape[:-1]
+    student = student_logits.reshape(-1, vocab).contiguous()
+    teacher = teacher_logits.detach().reshape(-1, vocab).to(student.dtype).contiguous()
+    labels = None
+    if true_labels is not None:
+        labels = true_labels.reshape(-1).to(torch.int64)
+        check_label_range(labels, vocab, ignore_index)
+
+    compute_grad = torch.is_grad_enabled() and student.requires_grad
+    loss_rows, soft_rows, hard_rows, _ = torch.ops.sparsedistill.distill_loss(
+        student, teacher, labels, float(T), float(alpha), float(beta), code, int(ignore_index),
+        compute_grad,
+    )
+
+    def reduce(rows: torch.Tensor) -> torch.Tensor:
+        if reduction == "none":
+            return rows.reshape(lead_shape).to(student.dtype)
+        total = rows.sum()
+        if reduction == "mean":
+            # Divide by the number of rows that count (all of them without labels); an empty or
+            # all-ignored batch gives 0, not NaN. No host sync: the count stays a tensor.
+            count = (labels != ignore_index).sum() if labels is not None else rows.numel()
+            total = total / torch.clamp(torch.as_tensor(count, device=rows.device), min=1)
+        return total.to(student.dtype)
+
+    loss = reduce(loss_rows)
+    if return_parts:
+        return loss, reduce(soft_rows).detach(), reduce(hard_rows).detach()
+    return loss
+
+
+class DistillationLoss(nn.Module):
+    """Module form of :func:`distillation_loss`; ``forward(student_logits, teacher_logits, labels=None)``."""
+
+    def __init__(self, T: float = 4.0, alpha: float = 0.5, *, ignore_index: int = -100,
+                 reduction: str = "mean", divergence: str = "kl", beta: float = 0.5,
+                 return_parts: bool = False):
+        super().__init__()
+        # Validate once here so a bad configuration fails at construction, not mid-training.
+        probe = torch.zeros(1, 1)
+        _check_args(probe, probe, None, T, alpha, beta, reduction, divergence)
+        self.T, self.alpha, self.beta = T, alpha, beta
+        self.ignore_index, self.reduction = ignore_index, reduction
+        self.divergence, self.return_parts = divergence, return_parts
+
+    def forward(self, student_logits, teacher_logits, labels=None):
+        return distillation_loss(
+            student_logits, teacher_logits, labels, self.T, self.alpha,
+            ignore_index=self.ignore_index, reduction=self.reduction,
+            divergence=self.divergence, beta=self.beta, return_parts=self.return_parts,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"T={self.T}, alpha={self.alpha}, divergence={self.divergence!r}, "
+                f"reduction={self.reduction!r}, ignore_index={self.ignore_index}")
