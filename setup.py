@@ -4,7 +4,7 @@ Environment switches:
   SPARSEDISTILL_SKIP_NATIVE=1   build no extension (every op runs on its PyTorch reference)
   SPARSEDISTILL_SKIP_CUDA=1     build the C++ CPU kernels only
   SPARSEDISTILL_CUDA_ARCH       CUDA archs, default "80;90" (PTX is added for the last)
-  SPARSEDISTILL_CPU_ISA         auto (default: AVX2 if the build machine has it), avx2, avx512, none
+  SPARSEDISTILL_CPU_ISA         auto (default: the best of AVX512, AVX2 the build machine has), avx2, avx512, none
   SPARSEDISTILL_DEBUG=1         -O0 -g, and -G -lineinfo for CUDA
 CUDA sources build when torch has CUDA (torch.version.cuda) and nvcc is found; no GPU is needed.
 """
@@ -32,6 +32,8 @@ def detect_cpu_isa() -> str:
         flags = open("/proc/cpuinfo").read()
     except OSError:
         return "none"
+    if all(f" {f}" in flags for f in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
+        return "avx512"
     return "avx2" if (" avx2" in flags and " fma" in flags) else "none"
 
 
@@ -71,7 +73,9 @@ def extensions_and_cmdclass():
     if isa not in ISA_FLAGS:
         raise SystemExit(f"SPARSEDISTILL_CPU_ISA must be auto, avx2, avx512 or none, got {isa!r}")
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    cxx = ["-std=c++17", *opt, *ISA_FLAGS[isa]]
+    # at::parallel_for is an OpenMP pragma in a header: without -fopenmp it silently runs serially.
+    cxx = ["-std=c++17", *opt, "-fopenmp", *ISA_FLAGS[isa]]
+    link = ["-fopenmp"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 
     nvcc_found = CUDA_HOME is not None or shutil.which("nvcc") is not None
@@ -86,9 +90,11 @@ def extensions_and_cmdclass():
         nvcc = ["-std=c++17", "-O3", *cuda_gencode_flags(archs)]
         if debug:
             nvcc += ["-G", "-lineinfo"]
-        ext = CUDAExtension("sparsedistill._C", sources, extra_compile_args={"cxx": cxx + ["-DSPARSEDISTILL_WITH_CUDA"], "nvcc": nvcc})
+        ext = CUDAExtension("sparsedistill._C", sources, extra_compile_args={"cxx": cxx + ["-DSPARSEDISTILL_WITH_CUDA"], "nvcc": nvcc},
+                            extra_link_args=link)
     else:
-        ext = CppExtension("sparsedistill._C", sources, extra_compile_args={"cxx": cxx})
+        ext = CppExtension("sparsedistill._C", sources, extra_compile_args={"cxx": cxx},
+                           extra_link_args=link)
     return [ext], {"build_ext": BuildExtension}
 
 

@@ -1,10 +1,14 @@
 // C++ CPU kernel of sparsedistill::distill_loss (schema in sparsedistill/_ops.py).
 //
-// Per row: pass 1 reads student and teacher once and keeps online log-sum-exps of s/T, t/T and
-// s (tile by tile: one max per tile, then one exp per element and sum); pass 2 re-reads the row
-// while it is still in cache and accumulates the divergence and writes the gradient. Reverse KL
-// and JSD need the row's divergence inside the gradient, so they write it in a third pass.
-// Rows are spread over threads with at::parallel_for; the math runs on at::vec::Vectorized.
+// Per row, pass 1 reads student s and teacher t once, tile by tile (one max per tile, then one
+// exp per element and tensor), and keeps online log-sum-exps of s/T, t/T and s together with
+// the weighted sums that give forward and reverse KL without a second read:
+//   KL(p||q) = sum_j p_j (t_j - s_j)/T + lse(s/T) - lse(t/T)   (likewise reverse KL with q).
+// When a gradient is wanted, pass 1 also caches the exps it computed in per-thread row buffers
+// (3 x V floats, in L2), and pass 2 turns them into the gradient without another exp and
+// without re-reading the logits. Reverse KL and JSD re-read the row for their log-ratios (and
+// JSD takes one more pass for its divergence). Rows are spread over threads with
+// at::parallel_for; the math runs on at::vec::Vectorized.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -12,7 +16,9 @@
 
 #include <cmath>
 #include <cstring>
+#include <algorithm>
 #include <limits>
+#include <vector>
 
 #include "common.h"
 
@@ -33,9 +39,6 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 static_assert(kTile % (2 * Vec::size()) == 0, "tile must hold whole vectors");
 
 inline int64_t round_up_to_vec(int64_t n) { return (n + Vec::size() - 1) / Vec::size() * Vec::size(); }
-
-// exp_u20 is fast but clamps its input, which would turn NaN into a finite number: keep NaN.
-inline Vec exp_keep_nan(const Vec& x) { return Vec::blendv(x.exp_u20(), x, x.isnan()); }
 
 // Terms like p * log(p / q) are 0 where p == 0 (as F.kl_div's xlogy); NaN stays NaN.
 inline Vec zero_where_zero(const Vec& weight, const Vec& term) {
@@ -76,47 +79,50 @@ inline void store_tile(const float* src, int64_t n, scalar_t* dst) {
   }
 }
 
+inline float nan_max(float a, float b) { return (std::isnan(a) || a > b) ? a : b; }
+
+// Max of a padded tile; NaN if the tile holds a NaN (Vectorized::reduce_max may drop it).
 inline float tile_max(const float* x, int64_t n_padded) {
   Vec m(-kInf);
   for (int64_t i = 0; i < n_padded; i += Vec::size()) m = at::vec::maximum(m, Vec::loadu(x + i));
-  return m.reduce_max();
+  alignas(64) float lanes[Vec::size()];
+  m.store(lanes);
+  float r = -kInf;
+  for (int64_t i = 0; i < Vec::size(); ++i) r = nan_max(r, lanes[i]);
+  return r;
 }
 
-// Online log-sum-exp of scale * x over tiles: running max of x and sum of exp(scale*(x - max)).
-struct OnlineLse {
+// Online softmax statistics of scale * x over tiles: the running max of x, the sum of
+// e_j = exp(scale * (x_j - max)) and the sum of e_j * w_j for a per-element weight w.
+struct OnlineSoftmax {
+  float scale = 1.f;
   float max = -kInf;
   float sum = 0.f;
+  float weighted = 0.f;
 
-  // Rescales the sum to a new running max; returns false when the tile adds nothing (all -inf).
-  bool rebase(float tile_max_value, float scale) {
-    if (tile_max_value == -kInf) return false;
-    const float new_max = (std::isnan(tile_max_value) || tile_max_value > max) ? tile_max_value : max;
-    if (new_max != max) sum *= std::exp((max - new_max) * scale);
+  // Moves the sums to the new running max (max of the old one and the tile's).
+  void rebase(float tile_max_value) {
+    const float new_max = nan_max(tile_max_value, max);
+    if (new_max != max && max != -kInf) {
+      const float f = std::exp((max - new_max) * scale);
+      sum *= f;
+      weighted *= f;
+    }
     max = new_max;
-    return true;
   }
-  float value(float scale) const { return max * scale + std::log(sum); }
-};
-
-// Adds sum over the tile of exp(scale * (x - lse.max)) into lse.sum.
-inline void accumulate_exp(const float* x, int64_t n_padded, float scale, OnlineLse& lse) {
-  const Vec vmax(lse.max), vscale(scale);
-  Vec acc(0.f);
-  for (int64_t i = 0; i < n_padded; i += Vec::size())
-    acc += exp_keep_nan((Vec::loadu(x + i) - vmax) * vscale);
-  lse.sum += acc.reduce_add();
-}
-
-// What a row needs after pass 1.
-struct RowLse {
-  float sT, tT, s;  // logsumexp(s/T), logsumexp(t/T), logsumexp(s)
+  float lse() const { return max * scale + std::log(sum); }
+  float mean_weight() const { return weighted / sum; }  // sum_j softmax_j * w_j
 };
 
 class DistillRow {
  public:
-  DistillRow(const DistillParams& p)
+  explicit DistillRow(const DistillParams& p)
       : p_(p), inv_t_(1.f / p.temperature),
-        soft_weight_(p.has_labels ? p.alpha : 1.f), hard_weight_(p.has_labels ? 1.f - p.alpha : 0.f) {}
+        soft_weight_(p.has_labels ? p.alpha : 1.f), hard_weight_(p.has_labels ? 1.f - p.alpha : 0.f),
+        n_tiles_((p.vocab + kTile - 1) / kTile),
+        cache_stride_(n_tiles_ * kTile),
+        cache_((p.compute_grad || p.divergence == kJSD) ? 3 * cache_stride_ : 0),
+        tile_max_(3 * n_tiles_) {}
 
   template <typename scalar_t>
   void run(const scalar_t* s, const scalar_t* t, int64_t label, scalar_t* g, float* loss,
@@ -127,117 +133,162 @@ class DistillRow {
       if (g) std::memset(static_cast<void*>(g), 0, V * sizeof(scalar_t));
       return;
     }
-    const RowLse lse = row_lse(s, t);
-    const float d = row_divergence(s, t, lse, p_.divergence == kForwardKL ? g : nullptr, label);
-    if (g && p_.divergence != kForwardKL) write_grad(s, t, lse, d, g, label);
+    first_pass(s, t);
+    // NaN or +-inf as a row max (a NaN anywhere, +inf anywhere, or an all -inf row): the
+    // softmax is undefined, so is everything else. Say so with NaN rather than a number.
+    if (!std::isfinite(st_.max) || !std::isfinite(tt_.max)) {
+      *loss = *soft = *hard = std::numeric_limits<float>::quiet_NaN();
+      if (g) std::fill(g, g + V, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
+      return;
+    }
+    // log p_j - log q_j = (t_j - s_j)/T + c
+    c_ = st_.lse() - tt_.lse();
+    float d;
+    if (p_.divergence == kForwardKL) {
+      d = tt_.mean_weight() * inv_t_ + c_;
+    } else if (p_.divergence == kReverseKL) {
+      d = st_.mean_weight() * inv_t_ - c_;
+    } else {
+      d = jsd_pass(s, t);
+    }
+    d_ = d;
+    if (g) grad_pass(s, t, label, g);
     *soft = p_.temperature * p_.temperature * d;
-    *hard = p_.has_labels ? lse.s - static_cast<float>(s[label]) : 0.f;
+    *hard = p_.has_labels ? s1_.lse() - static_cast<float>(s[label]) : 0.f;
     *loss = soft_weight_ * *soft + hard_weight_ * *hard;
   }
 
  private:
-  // Pass 1: the three log-sum-exps in one read of the row.
+  float* cached_exp(int which) { return cache_.data() + which * cache_stride_; }  // 0: s/T, 1: t/T, 2: s
+
+  // Adds exp(scale * (x - stats.max)) of a padded tile into stats.sum, stats.weighted (with
+  // weight w, forced to 0 where the exp is 0) and, if cache != nullptr, stores the exps there.
+  static void accumulate(const float* x, const float* w_plus, const float* w_minus, int64_t np,
+                         OnlineSoftmax& stats, float* cache) {
+    const Vec vmax(stats.max), vscale(stats.scale);
+    Vec acc(0.f), acc_w(0.f);
+    for (int64_t i = 0; i < np; i += Vec::size()) {
+      const Vec e = ((Vec::loadu(x + i) - vmax) * vscale).exp_u20();
+      acc += e;
+      if (w_plus) acc_w += zero_where_zero(e, e * (Vec::loadu(w_plus + i) - Vec::loadu(w_minus + i)));
+      if (cache) e.store(cache + i);
+    }
+    stats.sum += acc.reduce_add();
+    stats.weighted += acc_w.reduce_add();
+  }
+
+  // Pass 1: maxima, sums and KL weighted sums in one read of the row; caches the exps.
   template <typename scalar_t>
-  RowLse row_lse(const scalar_t* s, const scalar_t* t) {
-    OnlineLse s_t, t_t, s_1;
-    for (int64_t off = 0; off < p_.vocab; off += kTile) {
+  void first_pass(const scalar_t* s, const scalar_t* t) {
+    st_ = OnlineSoftmax{inv_t_};
+    tt_ = OnlineSoftmax{inv_t_};
+    s1_ = OnlineSoftmax{1.f};
+    for (int64_t k = 0, off = 0; off < p_.vocab; ++k, off += kTile) {
       const int64_t n = std::min(kTile, p_.vocab - off), np = round_up_to_vec(n);
       load_tile(s + off, n, sb_);
       load_tile(t + off, n, tb_);
       const float ms = tile_max(sb_, np), mt = tile_max(tb_, np);
-      if (s_t.rebase(ms, inv_t_)) accumulate_exp(sb_, np, inv_t_, s_t);
-      if (p_.has_labels && s_1.rebase(ms, 1.f)) accumulate_exp(sb_, np, 1.f, s_1);
-      if (t_t.rebase(mt, inv_t_)) accumulate_exp(tb_, np, inv_t_, t_t);
+      st_.rebase(ms);
+      s1_.rebase(ms);
+      tt_.rebase(mt);
+      // Only the weighted sum the chosen divergence needs: forward KL weighs (t - s) by p,
+      // reverse KL weighs (s - t) by q.
+      const bool fwd = p_.divergence == kForwardKL, rev = p_.divergence == kReverseKL;
+      accumulate_tile(k, 0, sb_, rev ? sb_ : nullptr, tb_, np, st_);
+      accumulate_tile(k, 1, tb_, fwd ? tb_ : nullptr, sb_, np, tt_);
+      if (p_.has_labels) accumulate_tile(k, 2, sb_, nullptr, nullptr, np, s1_);
     }
-    return {s_t.value(inv_t_), t_t.value(inv_t_), p_.has_labels ? s_1.value(1.f) : 0.f};
   }
 
-  // Pass 2: the row's divergence D (for JSD, also K = KL(q || m) kept in k_); for forward KL
-  // the gradient does not depend on D, so it is written here when g is given.
+  // One tensor's share of a tile in pass 1; `which` picks its cache and tile-max slot.
+  void accumulate_tile(int64_t k, int which, const float* x, const float* w_plus,
+                       const float* w_minus, int64_t np, OnlineSoftmax& stats) {
+    float* cache = cache_.empty() ? nullptr : cached_exp(which) + k * kTile;
+    if (!std::isfinite(stats.max)) {
+      // All -inf so far (probability 0: cache zeros), or NaN/+inf (the row becomes NaN).
+      if (cache) std::fill_n(cache, np, 0.f);
+      tile_max_[3 * k + which] = -kInf;
+      return;
+    }
+    accumulate(x, w_plus, w_minus, np, stats, cache);
+    tile_max_[3 * k + which] = stats.max;
+  }
+
+  // Factor that turns a cached exp of tile k into a probability: exp(scale*(m_k - max)) / sum.
+  float to_prob(const OnlineSoftmax& stats, int64_t k, int which) const {
+    const float mk = tile_max_[3 * k + which];
+    return mk == -kInf ? 0.f : std::exp((mk - stats.max) * stats.scale) / stats.sum;
+  }
+
+  // JSD pass: D = beta KL(p||m) + (1-beta) KL(q||m), m = beta p + (1-beta) q; keeps K = KL(q||m).
   template <typename scalar_t>
-  float row_divergence(const scalar_t* s, const scalar_t* t, const RowLse& lse, scalar_t* g,
-                       int64_t label) {
-    const Vec inv_t(inv_t_), lse_st(lse.sT), lse_tt(lse.tT);
+  float jsd_pass(const scalar_t* s, const scalar_t* t) {
     const Vec beta(p_.beta), one_minus_beta(1.f - p_.beta);
-    Vec acc_d(0.f), acc_k(0.f);
-    for (int64_t off = 0; off < p_.vocab; off += kTile) {
+    Vec acc_p(0.f), acc_q(0.f);
+    for (int64_t k = 0, off = 0; off < p_.vocab; ++k, off += kTile) {
       const int64_t n = std::min(kTile, p_.vocab - off), np = round_up_to_vec(n);
+      const Vec fq(to_prob(st_, k, 0)), fp(to_prob(tt_, k, 1));
       load_tile(s + off, n, sb_);
       load_tile(t + off, n, tb_);
       for (int64_t i = 0; i < np; i += Vec::size()) {
-        const Vec log_q = Vec::loadu(sb_ + i) * inv_t - lse_st;
-        const Vec log_p = Vec::loadu(tb_ + i) * inv_t - lse_tt;
-        const Vec q = exp_keep_nan(log_q), p = exp_keep_nan(log_p);
-        if (p_.divergence == kForwardKL) {
-          acc_d += zero_where_zero(p, p * (log_p - log_q));
-          if (g) store_grad_vec(i, q - p, lse);  // same exps serve loss and gradient
-        } else if (p_.divergence == kReverseKL) {
-          acc_d += zero_where_zero(q, q * (log_q - log_p));
-        } else {
-          const Vec log_m = (beta * p + one_minus_beta * q).log();
-          acc_d += zero_where_zero(p, p * (log_p - log_m));
-          acc_k += zero_where_zero(q, q * (log_q - log_m));
-        }
-      }
-      if (g) flush_grad_tile(off, n, label, g);
-    }
-    if (p_.divergence != kJSD) return acc_d.reduce_add();
-    k_ = acc_k.reduce_add();
-    return p_.beta * acc_d.reduce_add() + (1.f - p_.beta) * k_;
-  }
-
-  // Pass 3 (reverse KL, JSD): the gradient, which needs the row's divergence.
-  template <typename scalar_t>
-  void write_grad(const scalar_t* s, const scalar_t* t, const RowLse& lse, float d, scalar_t* g,
-                  int64_t label) {
-    const float row_term = p_.divergence == kJSD ? k_ : d;
-    for (int64_t off = 0; off < p_.vocab; off += kTile) {
-      const int64_t n = std::min(kTile, p_.vocab - off);
-      load_tile(s + off, n, sb_);
-      load_tile(t + off, n, tb_);
-      tile_grad(off, n, lse, row_term, label, g);
-    }
-  }
-
-  // Pass-3 gradient of the tile in sb_/tb_, written to g[off, off + n). gz = dD/d(s/T):
-  // reverse KL q (log q - log p - D); JSD (1-b) q (log q - log m - K). (Forward KL: q - p, pass 2.)
-  template <typename scalar_t>
-  void tile_grad(int64_t off, int64_t n, const RowLse& lse, float row_term, int64_t label,
-                 scalar_t* g) {
-    const int64_t np = round_up_to_vec(n);
-    const Vec inv_t(inv_t_), lse_st(lse.sT), lse_tt(lse.tT), term(row_term);
-    const Vec beta(p_.beta), one_minus_beta(1.f - p_.beta);
-    for (int64_t i = 0; i < np; i += Vec::size()) {
-      const Vec log_q = Vec::loadu(sb_ + i) * inv_t - lse_st;
-      const Vec log_p = Vec::loadu(tb_ + i) * inv_t - lse_tt;
-      const Vec q = exp_keep_nan(log_q), p = exp_keep_nan(log_p);
-      if (p_.divergence == kReverseKL) {
-        store_grad_vec(i, zero_where_zero(q, q * (log_q - log_p - term)), lse);
-      } else {
+        const Vec q = Vec::loadu(cached_exp(0) + off + i) * fq;
+        const Vec p = Vec::loadu(cached_exp(1) + off + i) * fp;
+        const Vec log_q = Vec::loadu(sb_ + i) * Vec(inv_t_) - Vec(st_.lse());
+        const Vec log_p = Vec::loadu(tb_ + i) * Vec(inv_t_) - Vec(tt_.lse());
         const Vec log_m = (beta * p + one_minus_beta * q).log();
-        store_grad_vec(i, zero_where_zero(q, one_minus_beta * q * (log_q - log_m - term)), lse);
+        acc_p += zero_where_zero(p, p * (log_p - log_m));
+        acc_q += zero_where_zero(q, q * (log_q - log_m));
       }
     }
-    flush_grad_tile(off, n, label, g);
+    k_ = acc_q.reduce_add();
+    return p_.beta * acc_p.reduce_add() + (1.f - p_.beta) * k_;
   }
 
-  // gb_[i, i + vec) = a*T*gz + (1-a)*softmax(s) (the one-hot part is subtracted at flush).
-  void store_grad_vec(int64_t i, const Vec& gz, const RowLse& lse) {
-    Vec grad = Vec(soft_weight_ * p_.temperature) * gz;
-    if (p_.has_labels)
-      grad = at::vec::fmadd(Vec(hard_weight_), exp_keep_nan(Vec::loadu(sb_ + i) - Vec(lse.s)), grad);
-    grad.store(gb_ + i);
-  }
-
+  // Gradient pass: g = a*T*gz + (1-a)*(softmax(s) - onehot(label)), where gz = dD/d(s/T):
+  // forward KL q - p; reverse KL q (log q - log p - D); JSD (1-b) q (log q - log m - K).
   template <typename scalar_t>
-  void flush_grad_tile(int64_t off, int64_t n, int64_t label, scalar_t* g) {
-    if (p_.has_labels && label >= off && label < off + n) gb_[label - off] -= hard_weight_;
-    store_tile(gb_, n, g + off);
+  void grad_pass(const scalar_t* s, const scalar_t* t, int64_t label, scalar_t* g) {
+    const Vec soft_scale(soft_weight_ * p_.temperature), hard_weight(hard_weight_);
+    const Vec inv_t(inv_t_), c(c_), d(d_), k_term(k_), beta(p_.beta), one_minus_beta(1.f - p_.beta);
+    const bool needs_logits = p_.divergence != kForwardKL;
+    for (int64_t k = 0, off = 0; off < p_.vocab; ++k, off += kTile) {
+      const int64_t n = std::min(kTile, p_.vocab - off), np = round_up_to_vec(n);
+      const Vec fq(to_prob(st_, k, 0)), fp(to_prob(tt_, k, 1));
+      const Vec fs(p_.has_labels ? to_prob(s1_, k, 2) : 0.f);
+      if (needs_logits) {
+        load_tile(s + off, n, sb_);
+        load_tile(t + off, n, tb_);
+      }
+      for (int64_t i = 0; i < np; i += Vec::size()) {
+        const Vec q = Vec::loadu(cached_exp(0) + off + i) * fq;
+        const Vec p = Vec::loadu(cached_exp(1) + off + i) * fp;
+        Vec gz;
+        if (p_.divergence == kForwardKL) {
+          gz = q - p;
+        } else if (p_.divergence == kReverseKL) {
+          const Vec log_q_minus_log_p = (Vec::loadu(sb_ + i) - Vec::loadu(tb_ + i)) * inv_t - c;
+          gz = zero_where_zero(q, q * (log_q_minus_log_p - d));
+        } else {
+          const Vec log_q = Vec::loadu(sb_ + i) * inv_t - Vec(st_.lse());
+          const Vec log_m = (beta * p + one_minus_beta * q).log();
+          gz = zero_where_zero(q, one_minus_beta * q * (log_q - log_m - k_term));
+        }
+        Vec grad = soft_scale * gz;
+        if (p_.has_labels) grad = at::vec::fmadd(hard_weight, Vec::loadu(cached_exp(2) + off + i) * fs, grad);
+        grad.store(gb_ + i);
+      }
+      if (p_.has_labels && label >= off && label < off + n) gb_[label - off] -= hard_weight_;
+      store_tile(gb_, n, g + off);
+    }
   }
 
   const DistillParams& p_;
   const float inv_t_, soft_weight_, hard_weight_;
-  float k_ = 0.f;
+  const int64_t n_tiles_, cache_stride_;
+  std::vector<float> cache_;     // exps of s/T, t/T and s for the row (pass 1 -> later passes)
+  std::vector<float> tile_max_;  // per tile, the running max its cached exps are relative to
+  OnlineSoftmax st_, tt_, s1_;   // statistics of s/T, t/T and s
+  float c_ = 0.f, d_ = 0.f, k_ = 0.f;
   alignas(64) float sb_[kTile];
   alignas(64) float tb_[kTile];
   alignas(64) float gb_[kTile];

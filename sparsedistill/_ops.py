@@ -38,6 +38,7 @@ def _distill_loss_setup_context(ctx, inputs, output):
     loss_rows, soft_rows, hard_rows, grad = output
     ctx.mark_non_differentiable(soft_rows, hard_rows, grad)
     ctx.compute_grad = compute_grad
+    ctx.grad_consumed = False
     ctx.save_for_backward(grad)
 
 
@@ -47,12 +48,22 @@ def _distill_loss_backward(ctx, grad_loss_rows, _grad_soft, _grad_hard, _grad_gr
             "sparsedistill.distill_loss was called with compute_grad=False, so it has no "
             "gradient for student; call it with compute_grad=True when student requires grad"
         )
+    if ctx.grad_consumed:
+        raise RuntimeError(
+            "sparsedistill.distillation_loss: backward ran twice through the same loss; its "
+            "gradient buffer is scaled in place, so retain_graph=True is not supported. "
+            "Compute the loss again instead.")
     (grad,) = ctx.saved_tensors
-    # The per-row gradient was computed in the forward; the chain rule only scales each row.
-    # Out of place, so the graph can be replayed (retain_graph) and traced by torch.compile.
-    # Multiplied in float32 (the row scales are f32) and written once in the student's dtype.
-    grad_student = torch.mul(grad, grad_loss_rows.unsqueeze(-1), out=torch.empty_like(grad))
-    return grad_student, None, None, None, None, None, None, None, None
+    scale = grad_loss_rows.unsqueeze(-1)
+    # The per-row gradient was computed in the forward; the chain rule only scales each row
+    # (in float32, the dtype of the row scales, written once in the student's dtype).
+    # Traced (dynamo, AOTAutograd's fake/functional tensors) or a tensor subclass: out of place.
+    if torch.compiler.is_compiling() or type(grad) is not torch.Tensor:
+        return torch.mul(grad, scale, out=torch.empty_like(grad)), *([None] * 8)
+    # Eager: scale the saved buffer in place, so the loss costs one logits-sized buffer in all.
+    # The buffer is private to this graph node, which can therefore run backward only once.
+    ctx.grad_consumed = True
+    return grad.mul_(scale), *([None] * 8)
 
 
 torch.library.register_autograd(
