@@ -36,7 +36,7 @@ constexpr int kChunksPerThread = 8;  // target 16-byte chunks per thread when si
 // softmax(s) is q itself; labels with T != 1, which needs its own sum and exponentials.
 enum class HardTerm { kNone, kSharesSoftmax, kSeparate };
 
-// 2^x as a single MUFU.EX2 (2 ulp). exp2_ftz() adds three instructions to keep subnormal results;
+// 2^x as a single MUFU.EX2 (2 ulp). exp2f() adds three instructions to keep subnormal results;
 // results below 2^-126 (~1.2e-38) flush to 0 here, far below anything that moves a sum or the
 // tolerance of a gradient. exp2(-inf) = 0, exp2(NaN) = NaN, exp2(+inf) = +inf.
 __device__ __forceinline__ float exp2_ftz(float x) {
@@ -46,80 +46,49 @@ __device__ __forceinline__ float exp2_ftz(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Storage <-> float32 conversions; a "chunk" is the 16 bytes of one vector load.
-template <typename Elem> struct Codec;
+// Storage <-> float32. A chunk is the kVec<Elem> elements of one 16-byte vector access.
+template <typename Elem> constexpr int kVec = 16 / sizeof(Elem);
 
-template <> struct Codec<float> {
-  static constexpr int kVec = 4;
-  __device__ static float to_float(float x) { return x; }
-  __device__ static float from_float(float x) { return x; }
-  __device__ static void unpack(uint4 v, float (&out)[kVec]) {
-    out[0] = __uint_as_float(v.x); out[1] = __uint_as_float(v.y);
-    out[2] = __uint_as_float(v.z); out[3] = __uint_as_float(v.w);
-  }
-  __device__ static uint4 pack(const float (&in)[kVec]) {
-    return make_uint4(__float_as_uint(in[0]), __float_as_uint(in[1]), __float_as_uint(in[2]),
-                      __float_as_uint(in[3]));
-  }
-};
-
-template <> struct Codec<__nv_bfloat16> {
-  static constexpr int kVec = 8;
-  __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-  __device__ static void unpack(uint4 v, float (&out)[kVec]) {
-    __nv_bfloat162 pairs[4];
-    memcpy(pairs, &v, sizeof(v));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(pairs[i]);
-      out[2 * i] = f.x; out[2 * i + 1] = f.y;
-    }
-  }
-  __device__ static uint4 pack(const float (&in)[kVec]) {
-    __nv_bfloat162 pairs[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) pairs[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
-    uint4 v;
-    memcpy(&v, pairs, sizeof(v));
-    return v;
-  }
-};
-
-template <> struct Codec<__half> {
-  static constexpr int kVec = 8;
-  __device__ static float to_float(__half x) { return __half2float(x); }
-  __device__ static __half from_float(float x) { return __float2half_rn(x); }
-  __device__ static void unpack(uint4 v, float (&out)[kVec]) {
-    __half2 pairs[4];
-    memcpy(pairs, &v, sizeof(v));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(pairs[i]);
-      out[2 * i] = f.x; out[2 * i + 1] = f.y;
-    }
-  }
-  __device__ static uint4 pack(const float (&in)[kVec]) {
-    __half2 pairs[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) pairs[i] = __floats2half2_rn(in[2 * i], in[2 * i + 1]);
-    uint4 v;
-    memcpy(&v, pairs, sizeof(v));
-    return v;
-  }
-};
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ void from_float(float x, float& out) { out = x; }
+__device__ __forceinline__ void from_float(float x, __nv_bfloat16& out) { out = __float2bfloat16_rn(x); }
+__device__ __forceinline__ void from_float(float x, __half& out) { out = __float2half_rn(x); }
 
 // kStreaming marks the last read of a row: evict-first, so it does not push out rows still
 // waiting for their second pass.
+template <typename Elem>
+__device__ __forceinline__ void unpack(uint4 raw, float (&out)[kVec<Elem>], const Elem*) {
+  Elem e[kVec<Elem>];
+  memcpy(e, &raw, sizeof(raw));
+#pragma unroll
+  for (int i = 0; i < kVec<Elem>; ++i) out[i] = to_float(e[i]);
+}
+// bf16 is the top half of a float: mask/shift the packed words directly (one op per element).
+__device__ __forceinline__ void unpack(uint4 raw, float (&out)[8], const __nv_bfloat16*) {
+  const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(w[i] << 16);
+    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
 template <bool kStreaming, typename Elem>
-__device__ __forceinline__ void load_chunk(const Elem* p, float (&out)[Codec<Elem>::kVec]) {
+__device__ __forceinline__ void load_chunk(const Elem* p, float (&out)[kVec<Elem>]) {
   const uint4* v = reinterpret_cast<const uint4*>(p);
-  Codec<Elem>::unpack(kStreaming ? __ldcs(v) : __ldg(v), out);
+  unpack(kStreaming ? __ldcs(v) : __ldg(v), out, p);
 }
 
 template <typename Elem>
-__device__ __forceinline__ void store_chunk(Elem* p, const float (&in)[Codec<Elem>::kVec]) {
-  __stcs(reinterpret_cast<uint4*>(p), Codec<Elem>::pack(in));  // grad is not re-read here
+__device__ __forceinline__ void store_chunk(Elem* p, const float (&in)[kVec<Elem>]) {
+  Elem e[kVec<Elem>];
+#pragma unroll
+  for (int i = 0; i < kVec<Elem>; ++i) from_float(in[i], e[i]);
+  uint4 raw;
+  memcpy(&raw, e, sizeof(raw));
+  __stcs(reinterpret_cast<uint4*>(p), raw);  // evict-first: the grad is not re-read here
 }
 
 // Elements before the first 16-byte boundary of the row: these and the tail after the last
@@ -147,25 +116,24 @@ template <int N> struct Chunk {
 template <bool kBackward, bool kStreaming, typename Elem, typename Visit>
 __device__ __forceinline__ void sweep_row(const Elem* __restrict__ s, const Elem* __restrict__ t,
                                           Elem* __restrict__ g, int V, int head, Visit&& visit) {
-  using C = Codec<Elem>;
-  constexpr int kVec = C::kVec;
+  constexpr int kN = kVec<Elem>;
   const int tid = threadIdx.x, nt = blockDim.x;
-  const int nchunks = (V - head) / kVec;
-  const int tail = head + nchunks * kVec;
+  const int nchunks = (V - head) / kN;
+  const int tail = head + nchunks * kN;
 
   auto scalar_at = [&](int j) {
     Chunk<1> c;
-    c.s[0] = C::to_float(s[j]);
-    c.t[0] = C::to_float(t[j]);
+    c.s[0] = to_float(s[j]);
+    c.t[0] = to_float(t[j]);
     visit(c, j);
-    if (g != nullptr) g[j] = C::from_float(c.g[0]);
+    if (g != nullptr) from_float(c.g[0], g[j]);
   };
   for (int j = tid; j < head; j += nt) scalar_at(j);
   for (int j = tail + tid; j < V; j += nt) scalar_at(j);
 
   auto chunk_at = [&](int k) {
-    const int j0 = head + k * kVec;
-    Chunk<kVec> c;
+    const int j0 = head + k * kN;
+    Chunk<kN> c;
     load_chunk<kStreaming>(s + j0, c.s);
     load_chunk<kStreaming>(t + j0, c.t);
     visit(c, j0);
@@ -180,16 +148,15 @@ __device__ __forceinline__ void sweep_row(const Elem* __restrict__ s, const Elem
 
 template <typename Elem>
 __device__ void fill_row(Elem* g, int V, int head, float value) {
-  using C = Codec<Elem>;
   const int tid = threadIdx.x, nt = blockDim.x;
-  const int nchunks = (V - head) / C::kVec;
-  const int tail = head + nchunks * C::kVec;
-  for (int j = tid; j < head; j += nt) g[j] = C::from_float(value);
-  for (int j = tail + tid; j < V; j += nt) g[j] = C::from_float(value);
-  float values[C::kVec];
+  const int nchunks = (V - head) / kVec<Elem>;
+  const int tail = head + nchunks * kVec<Elem>;
+  for (int j = tid; j < head; j += nt) from_float(value, g[j]);
+  for (int j = tail + tid; j < V; j += nt) from_float(value, g[j]);
+  float values[kVec<Elem>];
 #pragma unroll
-  for (int i = 0; i < C::kVec; ++i) values[i] = value;
-  for (int k = tid; k < nchunks; k += nt) store_chunk(g + head + k * C::kVec, values);
+  for (int i = 0; i < kVec<Elem>; ++i) values[i] = value;
+  for (int k = tid; k < nchunks; k += nt) store_chunk(g + head + k * kVec<Elem>, values);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,8 +259,7 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
                     const int64_t* __restrict__ labels, Elem* __restrict__ grad,
                     float* __restrict__ loss_rows, float* __restrict__ soft_rows,
                     float* __restrict__ hard_rows, DistillParams p, bool vec_ok) {
-  using C = Codec<Elem>;
-  const int V = static_cast<int>(p.vocab);
+    const int V = static_cast<int>(p.vocab);
   const float T = p.temperature;
   const float cT = kLog2e / T;
   constexpr bool kLabels = kHard != HardTerm::kNone;
@@ -442,7 +408,7 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
     if (threadIdx.x == 0) {
       const float soft = T * T * D;
       // lse(s) - s_y = (max_s - s_y) + ln(sum exp(s - max_s))
-      const float hard = kLabels ? (max_s - C::to_float(s[y])) + kLn2 * log2_sum_s : 0.f;
+      const float hard = kLabels ? (max_s - to_float(s[y])) + kLn2 * log2_sum_s : 0.f;
       soft_rows[row] = soft;
       hard_rows[row] = hard;
       loss_rows[row] = alpha * soft + (1.f - alpha) * hard;
@@ -462,7 +428,7 @@ cudaError_t launch_typed(const void* student, const void* teacher, const int64_t
 
   // Enough threads for ~kChunksPerThread 16-byte chunks each, as a power of two in [128, 1024].
   // Small blocks for small rows keep more rows in flight per SM; the cap is the block limit.
-  const int64_t chunks = params.vocab / Codec<Elem>::kVec;
+  const int64_t chunks = params.vocab / kVec<Elem>;
   int threads = kMinThreads;
   while (threads < kMaxThreads && int64_t{threads} * kChunksPerThread < chunks) threads *= 2;
   const unsigned blocks = static_cast<unsigned>(params.rows < INT_MAX ? params.rows : INT_MAX);
