@@ -6,6 +6,8 @@ for clarity rather than speed: every intermediate is a full (N, V) tensor.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 # Divergence codes shared with csrc/distill_params.h.
@@ -34,6 +36,22 @@ def check_label_range(labels: torch.Tensor, vocab: int, ignore_index: int) -> No
                          f"{ignore_index}; got {labels[bad][0].item()}")
 
 
+def _check_op_args(student, teacher, labels, T, alpha, beta, divergence) -> None:
+    # The op-level contract, as csrc/common.h checks it for the native kernels.
+    if student.dim() != 2:
+        raise ValueError(f"sparsedistill: student must be 2-D (N, V), got {tuple(student.shape)}")
+    if teacher.shape != student.shape or teacher.dtype != student.dtype:
+        raise ValueError(f"sparsedistill: teacher must match student's shape and dtype "
+                         f"{tuple(student.shape)} {student.dtype}, got {tuple(teacher.shape)} {teacher.dtype}")
+    if labels is not None and (labels.dtype != torch.int64 or labels.shape != student.shape[:1]):
+        raise ValueError(f"sparsedistill: labels must be int64 of shape ({student.shape[0]},), "
+                         f"got {labels.dtype} {tuple(labels.shape)}")
+    if not (T > 0 and math.isfinite(T)):
+        raise ValueError(f"sparsedistill: T must be finite and > 0, got {T}")
+    if not (0 <= alpha <= 1 and 0 <= beta <= 1):
+        raise ValueError(f"sparsedistill: alpha and beta must lie in [0, 1], got {alpha}, {beta}")
+
+
 def distill_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -53,6 +71,7 @@ def distill_loss(
     labels). grad is d(loss_row)/d(student) in the student's dtype (empty when not compute_grad);
     ignored rows have zero loss and zero gradient.
     """
+    _check_op_args(student, teacher, labels, T, alpha, beta, divergence)
     rows, vocab = student.shape
     s = student.to(acc_dtype)
     t = teacher.to(acc_dtype)
@@ -92,7 +111,7 @@ def distill_loss(
         grad = torch.where(valid[:, None], grad, zero)
     else:
         hard = torch.zeros_like(soft)
-        loss = soft
+        loss = soft.clone()  # a distinct tensor: soft is a non-differentiable output, loss is not
     grad = grad.to(student.dtype) if compute_grad else student.new_empty((0,))
     return loss.float(), soft.float(), hard.float(), grad
 

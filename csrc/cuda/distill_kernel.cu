@@ -259,7 +259,7 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
                     const int64_t* __restrict__ labels, Elem* __restrict__ grad,
                     float* __restrict__ loss_rows, float* __restrict__ soft_rows,
                     float* __restrict__ hard_rows, DistillParams p, bool vec_ok) {
-    const int V = static_cast<int>(p.vocab);
+  const int V = static_cast<int>(p.vocab);
   const float T = p.temperature;
   const float cT = kLog2e / T;
   constexpr bool kLabels = kHard != HardTerm::kNone;
