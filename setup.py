@@ -74,7 +74,7 @@ def extensions_and_cmdclass():
         raise SystemExit(f"SPARSEDISTILL_CPU_ISA must be auto, avx2, avx512 or none, got {isa!r}")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for is an OpenMP pragma in a header: without -fopenmp it silently runs serially.
-    cxx = ["-std=c++17", *opt, "-fopenmp", *ISA_FLAGS[isa]]
+    cxx = [*opt, "-fopenmp", *ISA_FLAGS[isa]]  # the C++ standard is the one torch asks for
     link = ["-fopenmp"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 

@@ -300,7 +300,7 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
     // log2 q_j and log2 p_j (natural log = these * ln 2).
     auto log2_q = [&](float sj) { return fmaf(sj - max_s, cT, -log2_sum_s_T); };
     auto log2_p = [&](float tj) { return fmaf(tj - max_t, cT, -log2_sum_t_T); };
-    // a*T*gz + (1-a)*softmax(s)_j; the one-hot part is left to subtract_label.
+    // a*T*gz + (1-a)*softmax(s)_j; the one-hot part is added per chunk by `elementwise`.
     auto total_grad = [&](float gz, float sj, float q) {
       float gj = alpha * T * gz;
       if constexpr (kHard == HardTerm::kSharesSoftmax) gj = fmaf(1.f - alpha, q, gj);
@@ -308,56 +308,49 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
         gj = fmaf(1.f - alpha, exp2_ftz(fmaf(sj - max_s, kLog2e, -log2_sum_s)), gj);
       return gj;
     };
-    auto add_one_hot = [&](auto& c, int j0) {
-      if constexpr (kLabels) subtract_label(c, j0, y, 1.f - alpha);
+    // Turns f(s_j, t_j) -> grad_j into a sweep_row visitor. Passes without a grad row return 0
+    // and the stores (and the one-hot fix-up) compile away.
+    auto elementwise = [&](auto f) {
+      return [&, f](auto& c, int j0) mutable {
+        constexpr int n = std::decay_t<decltype(c)>::kSize;
+#pragma unroll
+        for (int i = 0; i < n; ++i) c.g[i] = f(c.s[i], c.t[i]);
+        if constexpr (kLabels) subtract_label(c, j0, y, 1.f - alpha);
+      };
     };
     auto sum = [](float a, float b) { return a + b; };
+    Elem* const no_grad = nullptr;
 
     float D;  // divergence at temperature T, natural log
     if constexpr (kDiv == kForwardKL) {
       // Pass 2: D = sum p (log p - log q) and gz = q - p, in one go.
       float acc = 0.f;
       sweep_row</*kBackward=*/true, /*kStreaming=*/true>(s, t, g, V, head,
-                                                          [&](auto& c, int j0) {
-        constexpr int n = std::decay_t<decltype(c)>::kSize;
-#pragma unroll
-        for (int i = 0; i < n; ++i) {
-          const float lq = log2_q(c.s[i]), lp = log2_p(c.t[i]);
-          const float pj = exp2_ftz(lp);
-          acc += (pj != 0.f) ? pj * (lp - lq) : 0.f;
-          if (g != nullptr) {
-            const float qj = exp2_ftz(lq);
-            c.g[i] = total_grad(qj - pj, c.s[i], qj);
-          }
-        }
-        if (g != nullptr) add_one_hot(c, j0);
-      });
+                                                          elementwise([&](float sj, float tj) {
+        const float lq = log2_q(sj), lp = log2_p(tj), pj = exp2_ftz(lp);
+        acc += (pj != 0.f) ? pj * (lp - lq) : 0.f;
+        if (g == nullptr) return 0.f;
+        const float qj = exp2_ftz(lq);
+        return total_grad(qj - pj, sj, qj);
+      }));
       D = kLn2 * block_allreduce(acc, 0.f, sum);
     } else if constexpr (kDiv == kReverseKL) {
       // Pass 2: D = sum q (log q - log p). Pass 3: gz = q (log q - log p - D).
       float acc = 0.f;
-      sweep_row</*kBackward=*/true, /*kStreaming=*/false>(
-          s, t, static_cast<Elem*>(nullptr), V, head, [&](const auto& c, int) {
-            constexpr int n = std::decay_t<decltype(c)>::kSize;
-#pragma unroll
-            for (int i = 0; i < n; ++i) {
-              const float lq = log2_q(c.s[i]), qj = exp2_ftz(lq);
-              acc += (qj != 0.f) ? qj * (lq - log2_p(c.t[i])) : 0.f;
-            }
-          });
+      sweep_row</*kBackward=*/true, /*kStreaming=*/false>(s, t, no_grad, V, head,
+                                                           elementwise([&](float sj, float tj) {
+        const float lq = log2_q(sj), qj = exp2_ftz(lq);
+        acc += (qj != 0.f) ? qj * (lq - log2_p(tj)) : 0.f;
+        return 0.f;
+      }));
       D = kLn2 * block_allreduce(acc, 0.f, sum);
       if (g != nullptr) {
         sweep_row</*kBackward=*/false, /*kStreaming=*/true>(s, t, g, V, head,
-                                                             [&](auto& c, int j0) {
-          constexpr int n = std::decay_t<decltype(c)>::kSize;
-#pragma unroll
-          for (int i = 0; i < n; ++i) {
-            const float lq = log2_q(c.s[i]), qj = exp2_ftz(lq);
-            const float gz = (qj != 0.f) ? qj * fmaf(kLn2, lq - log2_p(c.t[i]), -D) : 0.f;
-            c.g[i] = total_grad(gz, c.s[i], qj);
-          }
-          add_one_hot(c, j0);
-        });
+                                                             elementwise([&](float sj, float tj) {
+          const float lq = log2_q(sj), qj = exp2_ftz(lq);
+          const float gz = (qj != 0.f) ? qj * fmaf(kLn2, lq - log2_p(tj), -D) : 0.f;
+          return total_grad(gz, sj, qj);
+        }));
       }
     } else {
       static_assert(kDiv == kJSD, "unknown divergence");
@@ -371,37 +364,27 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
       };
       // Pass 2: P = sum p (log p - log m), K = sum q (log q - log m), D = beta P + (1-beta) K.
       float2 acc = make_float2(0.f, 0.f);
-      sweep_row</*kBackward=*/true, /*kStreaming=*/false>(
-          s, t, static_cast<Elem*>(nullptr), V, head, [&](const auto& c, int) {
-            constexpr int n = std::decay_t<decltype(c)>::kSize;
-#pragma unroll
-            for (int i = 0; i < n; ++i) {
-              const float lq = log2_q(c.s[i]), lp = log2_p(c.t[i]);
-              const float qj = exp2_ftz(lq), pj = exp2_ftz(lp), lm = log2_m(lp, lq);
-              acc.x += (pj != 0.f) ? pj * (lp - lm) : 0.f;
-              acc.y += (qj != 0.f) ? qj * (lq - lm) : 0.f;
-            }
-          });
-      acc = block_allreduce(acc, make_float2(0.f, 0.f), [](float2 a, float2 b) {
-        return make_float2(a.x + b.x, a.y + b.y);
-      });
+      sweep_row</*kBackward=*/true, /*kStreaming=*/false>(s, t, no_grad, V, head,
+                                                           elementwise([&](float sj, float tj) {
+        const float lq = log2_q(sj), lp = log2_p(tj), lm = log2_m(lp, lq);
+        const float qj = exp2_ftz(lq), pj = exp2_ftz(lp);
+        acc.x += (pj != 0.f) ? pj * (lp - lm) : 0.f;
+        acc.y += (qj != 0.f) ? qj * (lq - lm) : 0.f;
+        return 0.f;
+      }));
+      acc = block_allreduce(acc, make_float2(0.f, 0.f),
+                            [](float2 a, float2 b) { return make_float2(a.x + b.x, a.y + b.y); });
       const float K = kLn2 * acc.y;
       D = beta * kLn2 * acc.x + (1.f - beta) * K;
       if (g != nullptr) {
         // Pass 3: gz = (1-beta) q (log q - log m - K).
         sweep_row</*kBackward=*/false, /*kStreaming=*/true>(s, t, g, V, head,
-                                                             [&](auto& c, int j0) {
-          constexpr int n = std::decay_t<decltype(c)>::kSize;
-#pragma unroll
-          for (int i = 0; i < n; ++i) {
-            const float lq = log2_q(c.s[i]), lp = log2_p(c.t[i]);
-            const float qj = exp2_ftz(lq);
-            const float gz =
-                (qj != 0.f) ? (1.f - beta) * qj * fmaf(kLn2, lq - log2_m(lp, lq), -K) : 0.f;
-            c.g[i] = total_grad(gz, c.s[i], qj);
-          }
-          add_one_hot(c, j0);
-        });
+                                                             elementwise([&](float sj, float tj) {
+          const float lq = log2_q(sj), qj = exp2_ftz(lq);
+          const float lm = log2_m(log2_p(tj), lq);
+          const float gz = (qj != 0.f) ? (1.f - beta) * qj * fmaf(kLn2, lq - lm, -K) : 0.f;
+          return total_grad(gz, sj, qj);
+        }));
       }
     }
 
@@ -436,23 +419,19 @@ cudaError_t launch_typed(const void* student, const void* teacher, const int64_t
   const Elem* s = static_cast<const Elem*>(student);
   const Elem* t = static_cast<const Elem*>(teacher);
   Elem* g = static_cast<Elem*>(grad);
-  const HardTerm hard = !params.has_labels        ? HardTerm::kNone
-                        : params.temperature == 1.f ? HardTerm::kSharesSoftmax
-                                                    : HardTerm::kSeparate;
-  // Instantiates the kernel for each (divergence, hard term) pair and launches the matching one.
+  // One kernel per (divergence, hard term) pair, so neither branches in the element loops.
   auto launch = [&](auto div, auto hard_term) {
     distill_loss_kernel<Elem, decltype(div)::value, decltype(hard_term)::value>
         <<<blocks, threads, 0, stream>>>(s, t, labels, g, loss_rows, soft_rows, hard_rows, params,
                                          vec_ok);
   };
+  using NoHard = std::integral_constant<HardTerm, HardTerm::kNone>;
+  using SharedHard = std::integral_constant<HardTerm, HardTerm::kSharesSoftmax>;
+  using SeparateHard = std::integral_constant<HardTerm, HardTerm::kSeparate>;
   auto launch_div = [&](auto div) {
-    switch (hard) {
-      case HardTerm::kNone: return launch(div, std::integral_constant<HardTerm, HardTerm::kNone>{});
-      case HardTerm::kSharesSoftmax:
-        return launch(div, std::integral_constant<HardTerm, HardTerm::kSharesSoftmax>{});
-      case HardTerm::kSeparate:
-        return launch(div, std::integral_constant<HardTerm, HardTerm::kSeparate>{});
-    }
+    if (!params.has_labels) launch(div, NoHard{});
+    else if (params.temperature == 1.f) launch(div, SharedHard{});
+    else launch(div, SeparateHard{});
   };
   switch (params.divergence) {
     case kForwardKL: launch_div(std::integral_constant<Divergence, kForwardKL>{}); break;

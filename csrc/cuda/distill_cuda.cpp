@@ -1,0 +1,55 @@
+// CUDA host wrapper of sparsedistill::distill_loss: checks (csrc/common.h), allocates the
+// outputs and launches the kernel of distill_kernel.cu on the current stream. Compiled by the
+// host compiler, so the heavy torch headers stay out of nvcc's way.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../common.h"
+#include "distill_kernel.h"
+
+namespace sparsedistill {
+namespace {
+
+LogitsDType to_logits_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return LogitsDType::kFloat32;
+    case at::kBFloat16: return LogitsDType::kBFloat16;
+    case at::kHalf: return LogitsDType::kFloat16;
+    default: TORCH_CHECK_TYPE(false, "sparsedistill: student dtype ", t, " has no CUDA kernel");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cuda(
+    const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
+    double T, double alpha, double beta, int64_t divergence, int64_t ignore_index,
+    bool compute_grad) {
+  const DistillParams p = check_distill_args(student, teacher, labels, T, alpha, beta, divergence,
+                                             ignore_index, compute_grad);
+  SD_CHECK_ARG(student.is_cuda(), "student must be a CUDA tensor, got ", student.device());
+  if (student.scalar_type() == at::kDouble) {
+    return distill_loss_via_float32(distill_loss_cuda, student, teacher, labels, T, alpha, beta,
+                                    divergence, ignore_index, compute_grad);
+  }
+  const c10::cuda::CUDAGuard guard(student.device());
+  const at::Tensor s = student.contiguous(), t = teacher.contiguous();
+  const at::Tensor y = labels.has_value() ? labels->contiguous() : at::Tensor();
+  DistillOutputs out = alloc_distill_outputs(s, compute_grad);
+  if (p.rows == 0) return out.as_tuple();
+  // Labels are range-checked by the Python layer (one small reduction) where it is not traced;
+  // the kernel itself answers an out-of-range label with a NaN row rather than a device trap.
+  const cudaError_t err = launch_distill_loss(
+      s.const_data_ptr(), t.const_data_ptr(), y.defined() ? y.const_data_ptr<int64_t>() : nullptr,
+      compute_grad ? out.grad.mutable_data_ptr() : nullptr, out.loss.mutable_data_ptr<float>(),
+      out.soft.mutable_data_ptr<float>(), out.hard.mutable_data_ptr<float>(),
+      to_logits_dtype(s.scalar_type()), p, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "sparsedistill: distill_loss CUDA kernel launch failed: ",
+              cudaGetErrorString(err));
+  return out.as_tuple();
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsedistill, CUDA, m) { m.impl("distill_loss", &distill_loss_cuda); }
+
+}  // namespace sparsedistill
