@@ -1,0 +1,288 @@
+"""Benchmark: fused distillation loss, forward + backward, against the stock PyTorch composite.
+
+    python benchmarks/bench_distill.py                 # cuda if available, else cpu
+    python benchmarks/bench_distill.py --quick         # small shapes, smoke run
+    python benchmarks/bench_distill.py --device cpu --shapes 4096x32000 --dtypes bfloat16 \
+        --csv benchmarks/results/distill.csv --markdown benchmarks/results/distill.md
+
+Providers (each one step = loss + loss.backward() w.r.t. the student; teacher without grad):
+  torch_eager    alpha*T^2*kl_div(log_softmax(s/T), softmax(t/T), "batchmean") + (1-alpha)*CE(s, y)
+  torch_compile  the same function under torch.compile (compile time excluded by the warm-up)
+  liger          Liger's Triton KL kernel on log_softmax(s/T), log_softmax(t/T) (log_target=True)
+                 + F.cross_entropy; CUDA only, when liger_kernel imports
+  sparsedistill  sparsedistill.distillation_loss (the fused kernel)
+Bandwidth counts the floor bytes 3*N*V*elem: student and teacher read once, gradient written once.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _common as C  # noqa: E402
+
+PROVIDERS = ["torch_eager", "torch_compile", "liger", "sparsedistill"]
+SHAPES, QUICK_SHAPES = "4096x32000,1024x128256", "512x8000"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_REPS = {"cpu": (1, 3), "cuda": (10, 50)}  # (warmup, reps)
+CSV_FIELDS = ["kernel", "provider", "shape", "dtype", "device", "device_name", "p50_ms", "p20_ms",
+              "p80_ms", "peak_mib", "speedup_eager", "speedup_compile", "gbps", "torch_version",
+              "sparsedistill_backend", "timestamp"]
+TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 2e-2, torch.float16: 2e-2}
+
+
+def import_sparsedistill():
+    """The installed package, else the source tree next to benchmarks/ (an in-place build)."""
+    try:
+        import sparsedistill
+    except ImportError:
+        sys.path.insert(1, os.path.dirname(HERE))
+        try:
+            import sparsedistill
+        except ImportError:
+            return None
+    return sparsedistill
+
+
+def backend_name(device: str) -> str:
+    sd = import_sparsedistill()
+    if sd is None:
+        return "not importable"
+    try:
+        return str(sd.backend_info()["ops"]["distill_loss"][device])
+    except Exception:  # an older or stand-in package
+        return "unknown"
+
+
+def composite(s, t, y, T, alpha):
+    soft = F.kl_div(F.log_softmax(s / T, dim=1), F.softmax(t / T, dim=1), reduction="batchmean")
+    return alpha * soft * T ** 2 + (1 - alpha) * F.cross_entropy(s, y)
+
+
+def make_loss_fn(provider: str, device: str, T: float, alpha: float):
+    """loss_fn(s, t, y) for the provider; raises RuntimeError(reason) where it cannot run."""
+    if provider == "torch_eager":
+        return lambda s, t, y: composite(s, t, y, T, alpha)
+    if provider == "torch_compile":
+        compiled = torch.compile(composite, dynamic=False)  # one graph per shape and dtype
+        return lambda s, t, y: compiled(s, t, y, T, alpha)
+    if provider == "sparsedistill":
+        sd = import_sparsedistill()
+        if sd is None:
+            raise RuntimeError("sparsedistill is not importable")
+        return lambda s, t, y: sd.distillation_loss(s, t, y, T=T, alpha=alpha)
+    if provider == "liger":
+        if device != "cuda":
+            raise RuntimeError("liger runs on CUDA only (Triton)")
+        try:
+            from liger_kernel.transformers import LigerKLDIVLoss
+        except Exception as e:
+            raise RuntimeError(f"liger_kernel is not importable ({type(e).__name__})") from None
+        kl = LigerKLDIVLoss(reduction="batchmean", log_target=True)
+        # Hard term: F.cross_entropy. LigerCrossEntropyLoss writes its gradient into its input
+        # in place, which here is the student leaf that the soft term and later reps also use.
+        return lambda s, t, y: (alpha * T * T * kl(F.log_softmax(s / T, dim=1),
+                                                   F.log_softmax(t / T, dim=1))
+                                + (1 - alpha) * F.cross_entropy(s, y))
+    raise ValueError(f"unknown provider {provider!r}")
+
+
+def make_inputs(n: int, v: int, dtype, device: str, seed: int = 0):
+    g = torch.Generator(device).manual_seed(seed)
+    s = torch.randn(n, v, dtype=dtype, device=device, generator=g).requires_grad_()
+    t = torch.randn(n, v, dtype=dtype, device=device, generator=g)
+    y = torch.randint(0, v, (n,), dtype=torch.int64, device=device, generator=g)
+    return s, t, y
+
+
+def make_step(loss_fn, s, t, y):
+    def step():
+        s.grad = None
+        loss = loss_fn(s, t, y)
+        loss.backward()
+        return loss
+    return step
+
+
+def measure(provider, n, v, dtype_name, device, T, alpha, warmup, reps) -> dict:
+    """Times and peak extra memory of one provider on one shape/dtype. On CPU this runs in a
+    fresh child process (run_isolated), so the peak RSS belongs to this step alone."""
+    try:
+        loss_fn = make_loss_fn(provider, device, T, alpha)
+        s, t, y = make_inputs(n, v, DTYPES[dtype_name], device)
+        step = make_step(loss_fn, s, t, y)
+        for _ in range(max(warmup, 1)):  # >= 1: torch.compile compiles here
+            step()
+        peak, method = C.peak_extra_bytes(step, device)
+        out = C.summarize_ms(C.time_steps(step, device, reps))
+        return {**out, "peak_bytes": peak, "peak_method": method}
+    except Exception as e:  # compile failures, OOM, ...: report and go on
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]}
+    finally:
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.detach().float(), ref.detach().float()
+    return ((a - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def check_correctness(providers, n, v, dtype_name, device, T, alpha) -> list[dict]:
+    """Loss and gradient of sparsedistill (and liger) vs torch_eager on the same inputs."""
+    s, t, y = make_inputs(n, v, DTYPES[dtype_name], device)
+    ref_loss = make_step(make_loss_fn("torch_eager", device, T, alpha), s, t, y)().detach()
+    ref_grad, tol, out = s.grad, TOLERANCE[DTYPES[dtype_name]], []
+    for p in [p for p in providers if p in ("sparsedistill", "liger")]:
+        try:
+            loss = make_step(make_loss_fn(p, device, T, alpha), s, t, y)()
+            le, ge = rel_err(loss, ref_loss), rel_err(s.grad, ref_grad)
+            status = "ok" if max(le, ge) <= tol else f"WARNING > {tol:g}"
+        except Exception as e:
+            le = ge = None
+            status = f"failed: {type(e).__name__}: {e}"[:120]
+        out.append({"provider": p, "shape": f"{n}x{v}", "dtype": dtype_name, "loss_rel_err": le,
+                    "grad_rel_err": ge, "status": status})
+    return out
+
+
+def derive(rows: list[dict], copy_bw) -> None:
+    """Speedups vs eager / compile of the same shape+dtype, GB/s, memory in MiB and logits."""
+    p50 = {(r["provider"], r["shape"], r["dtype"]): r.get("p50_ms") for r in rows}
+    for r in rows:
+        if "error" in r:
+            continue
+        eager, comp = (p50.get((b, r["shape"], r["dtype"])) for b in ("torch_eager", "torch_compile"))
+        r["speedup_eager"] = eager / r["p50_ms"] if eager else None
+        r["speedup_compile"] = comp / r["p50_ms"] if comp else None
+        r["gbps"] = 3 * r["logits_bytes"] / (r["p50_ms"] * 1e-3) / 1e9
+        r["pct_copy_bw"] = 100 * r["gbps"] / copy_bw if copy_bw else None
+        r["peak_mib"] = r["peak_bytes"] / C.MiB
+        r["peak_x_logits"] = r["peak_bytes"] / r["logits_bytes"]
+
+
+def results_table(rows: list[dict], device: str) -> str:
+    cols = [("provider", "provider"), ("shape", "shape"), ("dtype", "dtype"), ("device", "device"),
+            ("p50 ms", "p50"), ("p20 ms", "p20"), ("p80 ms", "p80"), ("vs eager", "se"),
+            ("vs compile", "sc"), ("GB/s", "gbps")]
+    cols += [("% copy BW", "pct")] if device == "cuda" else []
+    cols += [("peak extra MiB", "mib"), ("peak / logits", "xl")]
+    out = []
+    for r in rows:
+        f = {k: r[k] for k in ("provider", "shape", "dtype", "device")}
+        if "error" in r:
+            f["p50"] = "failed: " + r["error"].replace("|", "/")
+        else:
+            f.update(p50=C.fmt(r["p50_ms"]), p20=C.fmt(r["p20_ms"]), p80=C.fmt(r["p80_ms"]),
+                     se=C.fmt(r["speedup_eager"], ".2f") + "x", sc=C.fmt(r["speedup_compile"]) + "x",
+                     gbps=C.fmt(r["gbps"], ".1f"), pct=C.fmt(r["pct_copy_bw"], ".0f"),
+                     mib=C.fmt(r["peak_mib"], ".1f"), xl=C.fmt(r["peak_x_logits"]))
+        out.append(f)
+    return C.markdown_table(out, cols)
+
+
+def correctness_table(checks: list[dict]) -> str:
+    cols = [("provider", "provider"), ("shape", "shape"), ("dtype", "dtype"),
+            ("loss rel err", "le"), ("grad rel err", "ge"), ("status", "status")]
+    rows = [{**c, "le": C.fmt(c["loss_rel_err"], ".2e"), "ge": C.fmt(c["grad_rel_err"], ".2e")}
+            for c in checks]
+    return C.markdown_table(rows, cols)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--shapes", help=f"NxV list (default {SHAPES}; --quick: {QUICK_SHAPES})")
+    p.add_argument("--dtypes", default="float32,bfloat16", help=f"from {','.join(DTYPES)}")
+    p.add_argument("--providers", default=",".join(PROVIDERS))
+    p.add_argument("--warmup", type=int, help="default: 1 on CPU, 10 on CUDA")
+    p.add_argument("--reps", type=int, help="default: 3 on CPU, 50 on CUDA")
+    p.add_argument("--T", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.5)
+    p.add_argument("--quick", action="store_true", help="small shapes, few reps: a smoke run")
+    p.add_argument("--no-check", action="store_true", help="skip the correctness check")
+    p.add_argument("--csv", help="append one row per measurement to this CSV")
+    p.add_argument("--json", help="write everything (machine, checks, results) as JSON")
+    p.add_argument("--markdown", help="write the tables as markdown")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = C.resolve_device(args.device)
+    warmup, reps = DEFAULT_REPS[device]
+    warmup, reps = args.warmup if args.warmup is not None else warmup, args.reps or (
+        min(reps, 10) if args.quick else reps)
+    shapes = [tuple(int(x) for x in s.lower().split("x"))
+              for s in (args.shapes or (QUICK_SHAPES if args.quick else SHAPES)).split(",")]
+    dtypes = [d.strip() for d in args.dtypes.split(",")]
+    providers = [p.strip() for p in args.providers.split(",")]
+    for p in providers:
+        if p not in PROVIDERS:
+            raise SystemExit(f"unknown provider {p!r}; choose from {PROVIDERS}")
+    runnable = []
+    for p in providers:  # probe availability once, in this process
+        try:
+            make_loss_fn(p, device, args.T, args.alpha) if p != "torch_compile" else None
+            runnable.append(p)
+        except RuntimeError as e:
+            print(f"skipping {p}: {e}")
+
+    machine = C.machine_info(device)
+    backend = backend_name(device)
+    copy_bw = C.copy_bandwidth_gbps(device)
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    header = [f"machine: {machine['detail']}", f"torch {machine['torch_version']}, "
+              f"sparsedistill distill_loss on {device}: {backend}",
+              f"T={args.T} alpha={args.alpha}, warmup {warmup}, reps {reps}, times are fwd+bwd"]
+    if copy_bw:
+        header.append(f"device copy bandwidth (read+write): {copy_bw:.0f} GB/s")
+    print("\n".join(header), flush=True)
+
+    rows, checks = [], []
+    for n, v in shapes:
+        for dt in dtypes:
+            if not args.no_check:
+                checks += check_correctness(runnable, n, v, dt, device, args.T, args.alpha)
+            for p in runnable:
+                call = (p, n, v, dt, device, args.T, args.alpha, warmup, reps)
+                try:
+                    r = C.run_isolated(measure, *call) if device == "cpu" else measure(*call)
+                except Exception as e:  # the child died
+                    r = {"error": f"child process failed: {type(e).__name__}"}
+                r.update(kernel="distill_loss", provider=p, shape=f"{n}x{v}", dtype=dt,
+                         device=device, logits_bytes=n * v * DTYPES[dt].itemsize)
+                print(f"  {p:<14} {n}x{v} {dt:<9} "
+                      + (r["error"] if "error" in r else f"p50 {r['p50_ms']:.2f} ms"), flush=True)
+                rows.append(r)
+    derive(rows, copy_bw)
+    for r in rows:
+        r.update(device_name=machine["device_name"], torch_version=machine["torch_version"],
+                 sparsedistill_backend=backend, timestamp=stamp)
+
+    text = "\n".join(h.join(["", ""]) for h in header) + "\n"
+    if checks:
+        text += "\ncorrectness vs torch_eager (relative error, L2 for the gradient)\n\n"
+        text += correctness_table(checks) + "\n"
+    text += "\n" + results_table(rows, device) + "\n"
+    print(text)
+    if args.csv:
+        C.append_csv(args.csv, [r for r in rows if "error" not in r], CSV_FIELDS)
+    if args.json:
+        C.write_json(args.json, {"machine": machine, "device": device, "backend": backend,
+                                 "copy_bandwidth_gbps": copy_bw, "timestamp": stamp,
+                                 "warmup": warmup, "reps": reps, "correctness": checks,
+                                 "results": rows})
+    if args.markdown:
+        C.write_text(args.markdown, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
