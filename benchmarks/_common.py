@@ -123,10 +123,15 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _release_free_heap() -> None:
+def _settle_heap() -> None:
+    """Make RSS track live data: return free heap to the OS (glibc keeps it mapped) and serve
+    every block >= 128 KiB by its own mmap from now on (glibc otherwise raises that threshold
+    as big blocks are freed, and a step's buffers may land in fragmented, resident heap)."""
     gc.collect()
-    try:  # glibc keeps freed small/medium blocks mapped; hand them back so RSS = live data
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixed value: no dynamic adjustment)
     except (OSError, AttributeError):
         pass
 
@@ -134,17 +139,22 @@ def _release_free_heap() -> None:
 def cpu_peak_extra_bytes(step) -> tuple[int, str]:
     """Peak RSS growth of one step() over the RSS just before it (inputs already resident).
 
-    Meant to run in a fresh child process (see run_isolated) after the warm-up, so that only
-    this step's allocations move the high-water mark: free heap is trimmed first, RSS is read
+    Meant to run in a fresh child process (see run_isolated) as its last step (it changes the
+    malloc settings), so that only this step's allocations move the high-water mark: the heap
+    is settled first (_settle_heap), RSS is read
     from /proc/self/statm, the kernel's peak-RSS counter is reset (clear_refs), and after the
     step the peak is read back (VmHWM, or ru_maxrss where the reset is not allowed, which then
     also counts any earlier peak of the process). Returns (bytes, method)."""
-    _release_free_heap()
-    before = _rss_bytes()
+    _settle_heap()
+    time.sleep(0.05)  # the kernel's RSS counters lag frees a little; without a pause, pages
+    before = _rss_bytes()  # freed just before can show in `before` or in the peak
     if _reset_peak_rss() and _proc_status_kib("VmHWM") is not None:
+        time.sleep(0.05)
         step()
+        time.sleep(0.05)
         return max(0, _proc_status_kib("VmHWM") * 1024 - before), "VmHWM after clear_refs"
     step()
+    time.sleep(0.05)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return max(0, peak - before), "ru_maxrss (upper bound)"
 
@@ -160,8 +170,18 @@ def cuda_peak_extra_bytes(step) -> tuple[int, str]:
     return max(0, torch.cuda.max_memory_allocated() - before), "max_memory_allocated"
 
 
-def peak_extra_bytes(step, device: str) -> tuple[int, str]:
-    return cuda_peak_extra_bytes(step) if device == "cuda" else cpu_peak_extra_bytes(step)
+def peak_extra_bytes(step, device: str, repeats: int = 1, reset=None) -> tuple[int, str]:
+    """The smallest of `repeats` measurements (see above) of one step each; reset() runs before
+    each, to drop what the previous step left behind (a gradient, say). On CPU, RSS accounting
+    of pages freed inside the step sometimes lags on a busy machine and a reading overcounts
+    by whole buffers; the minimum of a few readings is the robust estimate."""
+    best, method = None, ""
+    for _ in range(max(repeats, 1)):
+        if reset is not None:
+            reset()
+        nbytes, method = (cuda_peak_extra_bytes if device == "cuda" else cpu_peak_extra_bytes)(step)
+        best = nbytes if best is None else min(best, nbytes)
+    return best, method
 
 
 def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30, reps: int = 20) -> float | None:

@@ -12,6 +12,11 @@ Providers (each one step = loss + loss.backward() w.r.t. the student; teacher wi
                  + F.cross_entropy; CUDA only, when liger_kernel imports
   sparsedistill  sparsedistill.distillation_loss (the fused kernel)
 Bandwidth counts the floor bytes 3*N*V*elem: student and teacher read once, gradient written once.
+Peak memory is what one step needs beyond its inputs (the gradient included). CUDA: the caching
+allocator's max_memory_allocated during the step minus memory_allocated before it. CPU: each
+(provider, shape, dtype) runs in a fresh spawned process; after warm-up and timing, the peak RSS
+(VmHWM, reset through /proc/self/clear_refs) of a step minus the RSS just before it, the smaller
+of two steps (see _common.cpu_peak_extra_bytes).
 """
 from __future__ import annotations
 
@@ -119,8 +124,10 @@ def measure(provider, n, v, dtype_name, device, T, alpha, warmup, reps) -> dict:
         step = make_step(loss_fn, s, t, y)
         for _ in range(max(warmup, 1)):  # >= 1: torch.compile compiles here
             step()
-        peak, method = C.peak_extra_bytes(step, device)
         out = C.summarize_ms(C.time_steps(step, device, reps))
+        # last (on CPU it retunes malloc); the inputs are resident, the old gradient is not
+        peak, method = C.peak_extra_bytes(step, device, repeats=2 if device == "cpu" else 1,
+                                          reset=lambda: setattr(s, "grad", None))
         return {**out, "peak_bytes": peak, "peak_method": method}
     except Exception as e:  # compile failures, OOM, ...: report and go on
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:160]}
@@ -195,6 +202,10 @@ def correctness_table(checks: list[dict]) -> str:
     return C.markdown_table(rows, cols)
 
 
+def csv_row(r: dict) -> dict:
+    return {k: round(r[k], 4) if isinstance(r.get(k), float) else r.get(k) for k in CSV_FIELDS}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -217,8 +228,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     device = C.resolve_device(args.device)
     warmup, reps = DEFAULT_REPS[device]
-    warmup, reps = args.warmup if args.warmup is not None else warmup, args.reps or (
-        min(reps, 10) if args.quick else reps)
+    reps = min(reps, 10) if args.quick else reps
+    warmup = warmup if args.warmup is None else args.warmup
+    reps = reps if args.reps is None else max(args.reps, 1)
     shapes = [tuple(int(x) for x in s.lower().split("x"))
               for s in (args.shapes or (QUICK_SHAPES if args.quick else SHAPES)).split(",")]
     dtypes = [d.strip() for d in args.dtypes.split(",")]
@@ -266,14 +278,15 @@ def main(argv=None) -> int:
         r.update(device_name=machine["device_name"], torch_version=machine["torch_version"],
                  sparsedistill_backend=backend, timestamp=stamp)
 
-    text = "\n".join(h.join(["", ""]) for h in header) + "\n"
+    text = ""
     if checks:
         text += "\ncorrectness vs torch_eager (relative error, L2 for the gradient)\n\n"
         text += correctness_table(checks) + "\n"
     text += "\n" + results_table(rows, device) + "\n"
     print(text)
+    text = "\n".join(header) + "\n" + text
     if args.csv:
-        C.append_csv(args.csv, [r for r in rows if "error" not in r], CSV_FIELDS)
+        C.append_csv(args.csv, [csv_row(r) for r in rows if "error" not in r], CSV_FIELDS)
     if args.json:
         C.write_json(args.json, {"machine": machine, "device": device, "backend": backend,
                                  "copy_bandwidth_gbps": copy_bw, "timestamp": stamp,

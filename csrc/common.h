@@ -5,6 +5,7 @@
 #include <ATen/Dispatch.h>
 
 #include <optional>
+#include <string>
 
 #include "distill_params.h"
 
@@ -20,18 +21,27 @@
 
 namespace sparsedistill {
 
+// "(4, 10)": sizes formatted here rather than by streaming an IntArrayRef, whose header-only
+// operator<< crashed inside TORCH_CHECK's message on one torch 2.11 + g++ 13 build.
+inline std::string shape_str(const at::Tensor& t) {
+  std::string out = "(";
+  for (int64_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));
+  return out + ")";
+}
+
 inline bool is_logits_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
 }
 
 // Checks the arguments of sparsedistill::distill_loss and returns the launch description.
 inline DistillParams check_distill_args(const at::Tensor& student, const at::Tensor& teacher,
-                                        const std::optional<at::Tensor>& labels, double T,
+                                        const std::optional<at::Tensor>& labels,
+                                        const at::Tensor& grad_scale, double T,
                                         double alpha, double beta, int64_t divergence,
                                         int64_t ignore_index, bool compute_grad) {
-  SD_CHECK_ARG(student.dim() == 2, "student must be 2-D (N, V), got shape ", student.sizes());
-  SD_CHECK_ARG(teacher.sizes() == student.sizes(), "teacher must have the shape of student ",
-               student.sizes(), ", got ", teacher.sizes());
+  SD_CHECK_ARG(student.dim() == 2, "student must be 2-D (N, V), got shape ", shape_str(student));
+  SD_CHECK_ARG(shape_str(teacher) == shape_str(student), "teacher must have the shape of student ",
+               shape_str(student), ", got ", shape_str(teacher));
   SD_CHECK_TYPE(is_logits_dtype(student.scalar_type()),
                 "student must be floating point (float32, bfloat16, float16, float64), got ",
                 student.scalar_type());
@@ -46,10 +56,13 @@ inline DistillParams check_distill_args(const at::Tensor& student, const at::Ten
     const auto& y = *labels;
     SD_CHECK_TYPE(y.scalar_type() == at::kLong, "labels must be int64, got ", y.scalar_type());
     SD_CHECK_ARG(y.dim() == 1 && y.size(0) == student.size(0), "labels must have shape (",
-                 student.size(0), "), got ", y.sizes());
+                 student.size(0), "), got ", shape_str(y));
     SD_CHECK_ARG(y.device() == student.device(), "labels must be on the device of student (",
                  student.device(), "), got ", y.device());
   }
+  SD_CHECK_ARG(grad_scale.dim() == 0 && grad_scale.scalar_type() == at::kFloat &&
+                   grad_scale.device() == student.device(),
+               "grad_scale must be a 0-dim float32 tensor on the device of student");
   SD_CHECK_ARG(T > 0 && std::isfinite(T), "T must be finite and > 0, got ", T);
   SD_CHECK_ARG(alpha >= 0 && alpha <= 1, "alpha must lie in [0, 1], got ", alpha);
   SD_CHECK_ARG(beta >= 0 && beta <= 1, "beta must lie in [0, 1], got ", beta);
@@ -97,12 +110,23 @@ namespace sparsedistill {
 template <typename Kernel>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_via_float32(
     Kernel kernel, const at::Tensor& student, const at::Tensor& teacher,
-    const std::optional<at::Tensor>& labels, double T, double alpha, double beta,
-    int64_t divergence, int64_t ignore_index, bool compute_grad) {
+    const std::optional<at::Tensor>& labels, const at::Tensor& grad_scale, double T, double alpha,
+    double beta, int64_t divergence, int64_t ignore_index, bool compute_grad) {
   auto [loss, soft, hard, grad] =
-      kernel(student.to(at::kFloat), teacher.to(at::kFloat), labels, T, alpha, beta, divergence,
-             ignore_index, compute_grad);
+      kernel(student.to(at::kFloat), teacher.to(at::kFloat), labels, grad_scale, T, alpha, beta,
+             divergence, ignore_index, compute_grad);
   return {loss, soft, hard, grad.to(at::kDouble)};
+}
+
+}  // namespace sparsedistill
+
+namespace sparsedistill {
+
+inline void check_scale_rows_args(const at::Tensor& grad, const at::Tensor& row_scale) {
+  SD_CHECK_ARG(grad.dim() == 2 && grad.is_contiguous(), "grad must be a contiguous (N, V) tensor");
+  SD_CHECK_ARG(row_scale.dim() == 1 && row_scale.size(0) == grad.size(0) &&
+                   row_scale.scalar_type() == at::kFloat && row_scale.device() == grad.device(),
+               "row_scale must be float32 of shape (", grad.size(0), ") on the device of grad");
 }
 
 }  // namespace sparsedistill

@@ -81,6 +81,15 @@ inline void store_tile(const float* src, int64_t n, scalar_t* dst) {
 
 inline float nan_max(float a, float b) { return (std::isnan(a) || a > b) ? a : b; }
 
+// Horizontal sum (Vectorized::reduce_add does not compile for the generic, non-SIMD build).
+inline float lane_sum(const Vec& v) {
+  alignas(64) float lanes[Vec::size()];
+  v.store(lanes);
+  float r = 0.f;
+  for (int64_t i = 0; i < Vec::size(); ++i) r += lanes[i];
+  return r;
+}
+
 // Max of a padded tile; NaN if the tile holds a NaN (Vectorized::reduce_max may drop it).
 inline float tile_max(const float* x, int64_t n_padded) {
   Vec m(-kInf);
@@ -116,8 +125,9 @@ struct OnlineSoftmax {
 
 class DistillRow {
  public:
-  explicit DistillRow(const DistillParams& p)
-      : p_(p), inv_t_(1.f / p.temperature),
+  // grad_scale multiplies the gradient (not the loss): the caller's weight of every row.
+  DistillRow(const DistillParams& p, float grad_scale)
+      : p_(p), inv_t_(1.f / p.temperature), grad_scale_(grad_scale),
         soft_weight_(p.has_labels ? p.alpha : 1.f), hard_weight_(p.has_labels ? 1.f - p.alpha : 0.f),
         n_tiles_((p.vocab + kTile - 1) / kTile),
         cache_stride_(n_tiles_ * kTile),
@@ -173,8 +183,8 @@ class DistillRow {
       if (w_plus) acc_w += zero_where_zero(e, e * (Vec::loadu(w_plus + i) - Vec::loadu(w_minus + i)));
       if (cache) e.store(cache + i);
     }
-    stats.sum += acc.reduce_add();
-    stats.weighted += acc_w.reduce_add();
+    stats.sum += lane_sum(acc);
+    stats.weighted += lane_sum(acc_w);
   }
 
   // Pass 1: maxima, sums and KL weighted sums in one read of the row; caches the exps.
@@ -240,15 +250,16 @@ class DistillRow {
         acc_q += zero_where_zero(q, q * (log_q - log_m));
       }
     }
-    k_ = acc_q.reduce_add();
-    return p_.beta * acc_p.reduce_add() + (1.f - p_.beta) * k_;
+    k_ = lane_sum(acc_q);
+    return p_.beta * lane_sum(acc_p) + (1.f - p_.beta) * k_;
   }
 
   // Gradient pass: g = a*T*gz + (1-a)*(softmax(s) - onehot(label)), where gz = dD/d(s/T):
   // forward KL q - p; reverse KL q (log q - log p - D); JSD (1-b) q (log q - log m - K).
   template <typename scalar_t>
   void grad_pass(const scalar_t* s, const scalar_t* t, int64_t label, scalar_t* g) {
-    const Vec soft_scale(soft_weight_ * p_.temperature), hard_weight(hard_weight_);
+    const Vec soft_scale(soft_weight_ * p_.temperature * grad_scale_);
+    const Vec hard_weight(hard_weight_ * grad_scale_);
     const Vec inv_t(inv_t_), c(c_), d(d_), k_term(k_), beta(p_.beta), one_minus_beta(1.f - p_.beta);
     const bool needs_logits = p_.divergence != kForwardKL;
     for (int64_t k = 0, off = 0; off < p_.vocab; ++k, off += kTile) {
@@ -277,13 +288,13 @@ class DistillRow {
         if (p_.has_labels) grad = at::vec::fmadd(hard_weight, Vec::loadu(cached_exp(2) + off + i) * fs, grad);
         grad.store(gb_ + i);
       }
-      if (p_.has_labels && label >= off && label < off + n) gb_[label - off] -= hard_weight_;
+      if (p_.has_labels && label >= off && label < off + n) gb_[label - off] -= hard_weight_ * grad_scale_;
       store_tile(gb_, n, g + off);
     }
   }
 
   const DistillParams& p_;
-  const float inv_t_, soft_weight_, hard_weight_;
+  const float inv_t_, grad_scale_, soft_weight_, hard_weight_;
   const int64_t n_tiles_, cache_stride_;
   std::vector<float> cache_;     // exps of s/T, t/T and s for the row (pass 1 -> later passes)
   std::vector<float> tile_max_;  // per tile, the running max its cached exps are relative to
@@ -296,7 +307,7 @@ class DistillRow {
 
 template <typename scalar_t>
 void distill_rows(const at::Tensor& student, const at::Tensor& teacher, const int64_t* labels,
-                  const DistillParams& p, DistillOutputs& out) {
+                  float grad_scale, const DistillParams& p, DistillOutputs& out) {
   const scalar_t* s = student.const_data_ptr<scalar_t>();
   const scalar_t* t = teacher.const_data_ptr<scalar_t>();
   scalar_t* g = p.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr;
@@ -307,7 +318,7 @@ void distill_rows(const at::Tensor& student, const at::Tensor& teacher, const in
   // Enough rows per task that a task is worth scheduling even for small V.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(V, 1));
   at::parallel_for(0, p.rows, grain, [&](int64_t begin, int64_t end) {
-    DistillRow row(p);  // per-thread tile buffers (12 KiB)
+    DistillRow row(p, grad_scale);  // per-thread tile and row buffers
     for (int64_t r = begin; r < end; ++r) {
       row.run(s + r * V, t + r * V, labels ? labels[r] : 0, g ? g + r * V : nullptr, loss + r,
               soft + r, hard + r);
@@ -317,13 +328,13 @@ void distill_rows(const at::Tensor& student, const at::Tensor& teacher, const in
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cpu(
     const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
-    double T, double alpha, double beta, int64_t divergence, int64_t ignore_index,
-    bool compute_grad) {
-  const DistillParams p = check_distill_args(student, teacher, labels, T, alpha, beta, divergence,
-                                             ignore_index, compute_grad);
+    const at::Tensor& grad_scale, double T, double alpha, double beta, int64_t divergence,
+    int64_t ignore_index, bool compute_grad) {
+  const DistillParams p = check_distill_args(student, teacher, labels, grad_scale, T, alpha, beta,
+                                             divergence, ignore_index, compute_grad);
   if (student.scalar_type() == at::kDouble) {
-    return distill_loss_via_float32(distill_loss_cpu, student, teacher, labels, T, alpha, beta,
-                                    divergence, ignore_index, compute_grad);
+    return distill_loss_via_float32(distill_loss_cpu, student, teacher, labels, grad_scale, T,
+                                    alpha, beta, divergence, ignore_index, compute_grad);
   }
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
   at::Tensor y;
@@ -338,13 +349,47 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cpu(
   }
   DistillOutputs out = alloc_distill_outputs(s, compute_grad);
   SD_DISPATCH_LOGITS(s.scalar_type(), "distill_loss_cpu", [&] {
-    distill_rows<scalar_t>(s, t, y.defined() ? y.const_data_ptr<int64_t>() : nullptr, p, out);
+    distill_rows<scalar_t>(s, t, y.defined() ? y.const_data_ptr<int64_t>() : nullptr,
+                           grad_scale.item<float>(), p, out);
   });
   return out.as_tuple();
 }
 
+// grad[r, :] *= row_scale[r], skipping rows whose scale is exactly 1.
+void scale_rows_cpu(at::Tensor& grad, const at::Tensor& row_scale) {
+  check_scale_rows_args(grad, row_scale);
+  if (grad.scalar_type() == at::kDouble) {
+    grad.mul_(row_scale.unsqueeze(-1));
+    return;
+  }
+  const at::Tensor scale = row_scale.contiguous();
+  const float* sp = scale.const_data_ptr<float>();
+  const int64_t V = grad.size(1);
+  SD_DISPATCH_LOGITS(grad.scalar_type(), "scale_rows_cpu", [&] {
+    scalar_t* g = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, grad.size(0), std::max<int64_t>(1, 16384 / std::max<int64_t>(V, 1)),
+                     [&](int64_t begin, int64_t end) {
+      alignas(64) float buf[kTile];
+      for (int64_t r = begin; r < end; ++r) {
+        if (sp[r] == 1.f) continue;
+        const Vec factor(sp[r]);
+        for (int64_t off = 0; off < V; off += kTile) {
+          const int64_t n = std::min(kTile, V - off);
+          load_tile(g + r * V + off, n, buf);
+          for (int64_t i = 0; i < round_up_to_vec(n); i += Vec::size())
+            (Vec::loadu(buf + i) * factor).store(buf + i);
+          store_tile(buf, n, g + r * V + off);
+        }
+      }
+    });
+  });
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) { m.impl("distill_loss", &distill_loss_cpu); }
+TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) {
+  m.impl("distill_loss", &distill_loss_cpu);
+  m.impl("scale_rows_", &scale_rows_cpu);
+}
 
 }  // namespace sparsedistill

@@ -13,11 +13,15 @@ lib = torch.library.Library("sparsedistill", "DEF")
 # ---------------------------------------------------------------------------------------------
 # distill_loss: fused softened-softmax distillation loss, per row.
 # Outputs: loss_rows (N,) f32, soft_rows (N,) f32, hard_rows (N,) f32, grad (N, V) student dtype
-# (shape (0,) when compute_grad is false). grad is d(loss_row)/d(student_row); backward scales
-# it by the incoming per-row gradient, so no softmax is recomputed and no host sync happens.
+# (shape (0,) when compute_grad is false). grad is grad_scale * d(loss_row)/d(student_row):
+# grad_scale (a 0-dim f32 tensor on the device, e.g. 1/count for a mean) is the weight the
+# caller gives every row, folded in here so that backward usually has nothing left to do.
+# The grad output is a workspace: in eager mode backward scales it in place and returns it as
+# the student's gradient (one logits-sized buffer in all); read it before backward, if at all.
 # ---------------------------------------------------------------------------------------------
 lib.define(
-    "distill_loss(Tensor student, Tensor teacher, Tensor? labels, float T, float alpha, "
+    "distill_loss(Tensor student, Tensor teacher, Tensor? labels, Tensor grad_scale, float T, "
+    "float alpha, "
     "float beta, int divergence, int ignore_index, bool compute_grad) "
     "-> (Tensor, Tensor, Tensor, Tensor)"
 )
@@ -25,8 +29,8 @@ lib.impl("distill_loss", _reference.distill_loss, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake("sparsedistill::distill_loss")
-def _distill_loss_fake(student, teacher, labels, T, alpha, beta, divergence, ignore_index,
-                       compute_grad):
+def _distill_loss_fake(student, teacher, labels, grad_scale, T, alpha, beta, divergence,
+                       ignore_index, compute_grad):
     rows = student.shape[0]
     row_vec = student.new_empty((rows,), dtype=torch.float32)
     grad = student.new_empty(student.shape) if compute_grad else student.new_empty((0,))
@@ -39,7 +43,7 @@ def _distill_loss_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(soft_rows, hard_rows, grad)
     ctx.compute_grad = compute_grad
     ctx.grad_consumed = False
-    ctx.save_for_backward(grad)
+    ctx.save_for_backward(grad, inputs[3])
 
 
 def _distill_loss_backward(ctx, grad_loss_rows, _grad_soft, _grad_hard, _grad_grad):
@@ -53,20 +57,35 @@ def _distill_loss_backward(ctx, grad_loss_rows, _grad_soft, _grad_hard, _grad_gr
             "sparsedistill.distillation_loss: backward ran twice through the same loss; its "
             "gradient buffer is scaled in place, so retain_graph=True is not supported. "
             "Compute the loss again instead.")
-    (grad,) = ctx.saved_tensors
-    scale = grad_loss_rows.unsqueeze(-1)
-    # The per-row gradient was computed in the forward; the chain rule only scales each row
-    # (in float32, the dtype of the row scales, written once in the student's dtype).
+    grad, grad_scale = ctx.saved_tensors
+    # grad already holds grad_scale * d(loss_row)/ds; the chain rule asks for
+    # grad_loss_rows * d(loss_row)/ds, so each row is multiplied by grad_loss_rows / grad_scale:
+    # exactly 1 for loss.backward() on a mean or sum (then the native kernels skip the row).
+    row_scale = grad_loss_rows / grad_scale
     # Traced (dynamo, AOTAutograd's fake/functional tensors) or a tensor subclass: out of place.
     if torch.compiler.is_compiling() or type(grad) is not torch.Tensor:
-        return torch.mul(grad, scale, out=torch.empty_like(grad)), *([None] * 8)
+        return torch.mul(grad, row_scale.unsqueeze(-1), out=torch.empty_like(grad)), *([None] * 9)
     # Eager: scale the saved buffer in place, so the loss costs one logits-sized buffer in all.
     # The buffer is private to this graph node, which can therefore run backward only once.
     ctx.grad_consumed = True
-    return grad.mul_(scale), *([None] * 8)
+    torch.ops.sparsedistill.scale_rows_(grad, row_scale)
+    return grad, *([None] * 9)
 
 
 torch.library.register_autograd(
     "sparsedistill::distill_loss", _distill_loss_backward,
     setup_context=_distill_loss_setup_context,
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# scale_rows_: grad[r, :] *= row_scale[r] in place (row_scale f32 of shape (N,)). The native
+# kernels skip rows whose scale is exactly 1, so an unscaled backward reads no memory at all.
+# ---------------------------------------------------------------------------------------------
+lib.define("scale_rows_(Tensor(a!) grad, Tensor row_scale) -> ()")
+lib.impl("scale_rows_", _reference.scale_rows_, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("sparsedistill::scale_rows_")
+def _scale_rows_fake(grad, row_scale):
+    return None

@@ -56,6 +56,7 @@ def distill_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
     labels: torch.Tensor | None,
+    grad_scale: torch.Tensor,
     T: float,
     alpha: float,
     beta: float,
@@ -68,7 +69,8 @@ def distill_loss(
 
     soft = T^2 * D(p_teacher || q_student) (D by `divergence`), hard = cross-entropy of the raw
     student logits (0 without labels), loss = a*soft + (1-a)*hard with a = alpha (1 without
-    labels). grad is d(loss_row)/d(student) in the student's dtype (empty when not compute_grad);
+    labels). grad is grad_scale * d(loss_row)/d(student) in the student's dtype (empty when not
+    compute_grad);
     ignored rows have zero loss and zero gradient.
     """
     _check_op_args(student, teacher, labels, T, alpha, beta, divergence)
@@ -112,6 +114,14 @@ def distill_loss(
     else:
         hard = torch.zeros_like(soft)
         loss = soft.clone()  # a distinct tensor: soft is a non-differentiable output, loss is not
-    grad = grad.to(student.dtype) if compute_grad else student.new_empty((0,))
+    grad = (grad * grad_scale.to(acc_dtype)).to(student.dtype) if compute_grad else student.new_empty((0,))
     return loss.float(), soft.float(), hard.float(), grad
 
+
+
+def scale_rows_(grad: torch.Tensor, row_scale: torch.Tensor) -> None:
+    """Reference of ``sparsedistill::scale_rows_``: grad[r, :] *= row_scale[r], in place."""
+    if grad.dim() != 2 or row_scale.shape != grad.shape[:1]:
+        raise ValueError(f"sparsedistill: scale_rows_ needs grad (N, V) and row_scale (N,), got "
+                         f"{tuple(grad.shape)} and {tuple(row_scale.shape)}")
+    grad.mul_(row_scale.unsqueeze(-1))

@@ -109,21 +109,26 @@ def distillation_loss(
         check_label_range(labels, vocab, ignore_index)
 
     compute_grad = torch.is_grad_enabled() and student.requires_grad
+    # The weight of every row in the reduction: 1/count for "mean" (count of the rows that
+    # count, all of them without labels; at least 1, so an empty or all-ignored batch gives 0,
+    # not NaN), else 1. It stays a device tensor (no host sync) and is folded into the gradient.
+    f32 = dict(dtype=torch.float32, device=student.device)
+    if reduction == "mean" and labels is not None:
+        row_weight = 1.0 / torch.clamp((labels != ignore_index).sum(), min=1).to(torch.float32)
+    elif reduction == "mean":
+        row_weight = torch.full((), 1.0 / max(student.shape[0], 1), **f32)
+    else:
+        row_weight = torch.ones((), **f32)
     loss_rows, soft_rows, hard_rows, _ = torch.ops.sparsedistill.distill_loss(
-        student, teacher, labels, float(T), float(alpha), float(beta), code, int(ignore_index),
-        compute_grad,
+        student, teacher, labels, row_weight, float(T), float(alpha), float(beta), code,
+        int(ignore_index), compute_grad,
     )
 
     def reduce(rows: torch.Tensor) -> torch.Tensor:
         if reduction == "none":
             return rows.reshape(lead_shape).to(student.dtype)
-        total = rows.sum()
-        if reduction == "mean":
-            # Divide by the number of rows that count (all of them without labels); an empty or
-            # all-ignored batch gives 0, not NaN. No host sync: the count stays a tensor.
-            count = (labels != ignore_index).sum() if labels is not None else rows.numel()
-            total = total / torch.clamp(torch.as_tensor(count, device=rows.device), min=1)
-        return total.to(student.dtype)
+        # (rows * w).sum(): backward hands each row exactly w, the weight the op folded in.
+        return (rows * row_weight).sum().to(student.dtype)
 
     loss = reduce(loss_rows)
     if return_parts:

@@ -12,9 +12,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def rows_vs_reference(s, t, y, rows, T=4.0, alpha=0.5, divergence=0):
     got = OP(s, t, y, T, alpha, 0.5, divergence, -100, True)
-    want = _reference.distill_loss(s[rows], t[rows], y[rows] if y is not None else None, T, alpha,
-                                   0.5, divergence, -100, True, acc_dtype=torch.float64)
-    return [(g[rows] if g.dim() else g, w) for g, w in zip(got, want)]
+    want = _reference.distill_loss(s[rows], t[rows], y[rows] if y is not None else None,
+                                   torch.tensor(1.0, device=s.device), T, alpha, 0.5, divergence,
+                                   -100, True, acc_dtype=torch.float64)
+    return [(g[rows], w) for g, w in zip(got, want)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -22,14 +22,14 @@ LogitsDType to_logits_dtype(at::ScalarType t) {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cuda(
     const at::Tensor& student, const at::Tensor& teacher, const std::optional<at::Tensor>& labels,
-    double T, double alpha, double beta, int64_t divergence, int64_t ignore_index,
-    bool compute_grad) {
-  const DistillParams p = check_distill_args(student, teacher, labels, T, alpha, beta, divergence,
-                                             ignore_index, compute_grad);
+    const at::Tensor& grad_scale, double T, double alpha, double beta, int64_t divergence,
+    int64_t ignore_index, bool compute_grad) {
+  const DistillParams p = check_distill_args(student, teacher, labels, grad_scale, T, alpha, beta,
+                                             divergence, ignore_index, compute_grad);
   SD_CHECK_ARG(student.is_cuda(), "student must be a CUDA tensor, got ", student.device());
   if (student.scalar_type() == at::kDouble) {
-    return distill_loss_via_float32(distill_loss_cuda, student, teacher, labels, T, alpha, beta,
-                                    divergence, ignore_index, compute_grad);
+    return distill_loss_via_float32(distill_loss_cuda, student, teacher, labels, grad_scale, T,
+                                    alpha, beta, divergence, ignore_index, compute_grad);
   }
   const c10::cuda::CUDAGuard guard(student.device());
   const at::Tensor s = student.contiguous(), t = teacher.contiguous();
@@ -40,7 +40,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cuda(
   // the kernel itself answers an out-of-range label with a NaN row rather than a device trap.
   const cudaError_t err = launch_distill_loss(
       s.const_data_ptr(), t.const_data_ptr(), y.defined() ? y.const_data_ptr<int64_t>() : nullptr,
-      compute_grad ? out.grad.mutable_data_ptr() : nullptr, out.loss.mutable_data_ptr<float>(),
+      grad_scale.const_data_ptr<float>(), compute_grad ? out.grad.mutable_data_ptr() : nullptr, out.loss.mutable_data_ptr<float>(),
       out.soft.mutable_data_ptr<float>(), out.hard.mutable_data_ptr<float>(),
       to_logits_dtype(s.scalar_type()), p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "sparsedistill: distill_loss CUDA kernel launch failed: ",
@@ -48,8 +48,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cuda(
   return out.as_tuple();
 }
 
+void scale_rows_cuda(at::Tensor& grad, const at::Tensor& row_scale) {
+  check_scale_rows_args(grad, row_scale);
+  if (grad.scalar_type() == at::kDouble) {
+    grad.mul_(row_scale.unsqueeze(-1));
+    return;
+  }
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor scale = row_scale.contiguous();
+  const cudaError_t err =
+      launch_scale_rows(grad.mutable_data_ptr(), scale.const_data_ptr<float>(),
+                        to_logits_dtype(grad.scalar_type()), grad.size(0), grad.size(1),
+                        c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(err == cudaSuccess, "sparsedistill: scale_rows_ CUDA kernel launch failed: ",
+              cudaGetErrorString(err));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsedistill, CUDA, m) { m.impl("distill_loss", &distill_loss_cuda); }
+TORCH_LIBRARY_IMPL(sparsedistill, CUDA, m) {
+  m.impl("distill_loss", &distill_loss_cuda);
+  m.impl("scale_rows_", &scale_rows_cuda);
+}
 
 }  // namespace sparsedistill

@@ -13,6 +13,7 @@
 #include <cfloat>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -159,6 +160,17 @@ __device__ void fill_row(Elem* g, int V, int head, float value) {
   for (int k = tid; k < nchunks; k += nt) store_chunk(g + head + k * kVec<Elem>, values);
 }
 
+// Largest block the launcher picks: kMaxThreads, or SPARSEDISTILL_CUDA_MAX_THREADS (a power of
+// two in [128, 1024], read once) for tuning on a new GPU.
+inline int max_block_threads() {
+  static const int value = [] {
+    const char* env = std::getenv("SPARSEDISTILL_CUDA_MAX_THREADS");
+    const int v = env ? std::atoi(env) : kMaxThreads;
+    return (v >= kMinThreads && v <= kMaxThreads && (v & (v - 1)) == 0) ? v : kMaxThreads;
+  }();
+  return value;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Block reductions. T is an aggregate of floats; combine must be commutative.
 template <typename T>
@@ -258,12 +270,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ teacher,
                     const int64_t* __restrict__ labels, Elem* __restrict__ grad,
                     float* __restrict__ loss_rows, float* __restrict__ soft_rows,
-                    float* __restrict__ hard_rows, DistillParams p, bool vec_ok) {
+                    float* __restrict__ hard_rows, const float* __restrict__ grad_scale,
+                    DistillParams p, bool vec_ok) {
   const int V = static_cast<int>(p.vocab);
   const float T = p.temperature;
   const float cT = kLog2e / T;
   constexpr bool kLabels = kHard != HardTerm::kNone;
   const float alpha = kLabels ? p.alpha : 1.f;
+  const float gs = grad != nullptr ? *grad_scale : 0.f;  // the reduction's weight of each row
   const float beta = p.beta;
 
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) {
@@ -306,7 +320,7 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
       if constexpr (kHard == HardTerm::kSharesSoftmax) gj = fmaf(1.f - alpha, q, gj);
       if constexpr (kHard == HardTerm::kSeparate)
         gj = fmaf(1.f - alpha, exp2_ftz(fmaf(sj - max_s, kLog2e, -log2_sum_s)), gj);
-      return gj;
+      return gj * gs;
     };
     // Turns f(s_j, t_j) -> grad_j into a sweep_row visitor. Passes without a grad row return 0
     // and the stores (and the one-hot fix-up) compile away.
@@ -315,7 +329,7 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
         constexpr int n = std::decay_t<decltype(c)>::kSize;
 #pragma unroll
         for (int i = 0; i < n; ++i) c.g[i] = f(c.s[i], c.t[i]);
-        if constexpr (kLabels) subtract_label(c, j0, y, 1.f - alpha);
+        if constexpr (kLabels) subtract_label(c, j0, y, (1.f - alpha) * gs);
       };
     };
     auto sum = [](float a, float b) { return a + b; };
@@ -401,7 +415,7 @@ distill_loss_kernel(const Elem* __restrict__ student, const Elem* __restrict__ t
 
 template <typename Elem>
 cudaError_t launch_typed(const void* student, const void* teacher, const int64_t* labels,
-                         void* grad, float* loss_rows, float* soft_rows, float* hard_rows,
+                         const float* grad_scale, void* grad, float* loss_rows, float* soft_rows, float* hard_rows,
                          const DistillParams& params, cudaStream_t stream) {
   // The vector body needs student, teacher and grad equally misaligned: row offsets are the same
   // for all three, so then one head length per row aligns them all.
@@ -413,7 +427,7 @@ cudaError_t launch_typed(const void* student, const void* teacher, const int64_t
   // Small blocks for small rows keep more rows in flight per SM; the cap is the block limit.
   const int64_t chunks = params.vocab / kVec<Elem>;
   int threads = kMinThreads;
-  while (threads < kMaxThreads && int64_t{threads} * kChunksPerThread < chunks) threads *= 2;
+  while (threads < max_block_threads() && int64_t{threads} * kChunksPerThread < chunks) threads *= 2;
   const unsigned blocks = static_cast<unsigned>(params.rows < INT_MAX ? params.rows : INT_MAX);
 
   const Elem* s = static_cast<const Elem*>(student);
@@ -422,8 +436,8 @@ cudaError_t launch_typed(const void* student, const void* teacher, const int64_t
   // One kernel per (divergence, hard term) pair, so neither branches in the element loops.
   auto launch = [&](auto div, auto hard_term) {
     distill_loss_kernel<Elem, decltype(div)::value, decltype(hard_term)::value>
-        <<<blocks, threads, 0, stream>>>(s, t, labels, g, loss_rows, soft_rows, hard_rows, params,
-                                         vec_ok);
+        <<<blocks, threads, 0, stream>>>(s, t, labels, g, loss_rows, soft_rows, hard_rows,
+                                         grad_scale, params, vec_ok);
   };
   using NoHard = std::integral_constant<HardTerm, HardTerm::kNone>;
   using SharedHard = std::integral_constant<HardTerm, HardTerm::kSharesSoftmax>;
@@ -442,27 +456,72 @@ cudaError_t launch_typed(const void* student, const void* teacher, const int64_t
   return cudaGetLastError();
 }
 
+// grad[row, :] *= row_scale[row]; a block per row (grid-stride), skipped when the scale is 1.
+template <typename Elem>
+__global__ void scale_rows_kernel(Elem* __restrict__ grad, const float* __restrict__ row_scale,
+                                  int64_t rows, int V, bool vec_ok) {
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float scale = row_scale[row];
+    if (scale == 1.f) continue;  // the forward already folded this row's weight in
+    Elem* g = grad + row * static_cast<int64_t>(V);
+    const int head = row_head(g, V, vec_ok);
+    constexpr int kN = kVec<Elem>;
+    const int nchunks = (V - head) / kN, tail = head + nchunks * kN;
+    for (int j = threadIdx.x; j < head; j += blockDim.x) from_float(to_float(g[j]) * scale, g[j]);
+    for (int j = tail + threadIdx.x; j < V; j += blockDim.x) from_float(to_float(g[j]) * scale, g[j]);
+    for (int k = threadIdx.x; k < nchunks; k += blockDim.x) {
+      float v[kN];
+      load_chunk</*kStreaming=*/true>(g + head + k * kN, v);
+#pragma unroll
+      for (int i = 0; i < kN; ++i) v[i] *= scale;
+      store_chunk(g + head + k * kN, v);
+    }
+  }
+}
+
+template <typename Elem>
+cudaError_t launch_scale_rows_typed(void* grad, const float* row_scale, int64_t rows, int64_t vocab,
+                                    cudaStream_t stream) {
+  const bool vec_ok = true;  // one tensor: the head computed per row aligns it
+  const unsigned blocks = static_cast<unsigned>(rows < INT_MAX ? rows : INT_MAX);
+  scale_rows_kernel<Elem><<<blocks, 256, 0, stream>>>(static_cast<Elem*>(grad), row_scale, rows,
+                                                      static_cast<int>(vocab), vec_ok);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
+cudaError_t launch_scale_rows(void* grad, const float* row_scale, LogitsDType dtype, int64_t rows,
+                              int64_t vocab, cudaStream_t stream) {
+  if (rows <= 0 || vocab <= 0) return cudaSuccess;
+  if (vocab > INT_MAX || grad == nullptr || row_scale == nullptr) return cudaErrorInvalidValue;
+  switch (dtype) {
+    case LogitsDType::kFloat32: return launch_scale_rows_typed<float>(grad, row_scale, rows, vocab, stream);
+    case LogitsDType::kBFloat16: return launch_scale_rows_typed<__nv_bfloat16>(grad, row_scale, rows, vocab, stream);
+    case LogitsDType::kFloat16: return launch_scale_rows_typed<__half>(grad, row_scale, rows, vocab, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
 cudaError_t launch_distill_loss(const void* student, const void* teacher, const int64_t* labels,
-                                void* grad, float* loss_rows, float* soft_rows, float* hard_rows,
-                                LogitsDType dtype, const DistillParams& params,
-                                cudaStream_t stream) {
+                                const float* grad_scale, void* grad, float* loss_rows,
+                                float* soft_rows, float* hard_rows, LogitsDType dtype,
+                                const DistillParams& params, cudaStream_t stream) {
   if (params.rows <= 0) return cudaSuccess;
   if (params.vocab < 0 || params.vocab > INT_MAX || (params.has_labels && labels == nullptr) ||
-      (params.compute_grad && grad == nullptr))
+      (params.compute_grad && (grad == nullptr || grad_scale == nullptr)))
     return cudaErrorInvalidValue;
   if (!params.compute_grad) grad = nullptr;  // the kernel writes a grad row iff grad != nullptr
   if (!params.has_labels) labels = nullptr;
   switch (dtype) {
     case LogitsDType::kFloat32:
-      return launch_typed<float>(student, teacher, labels, grad, loss_rows, soft_rows, hard_rows,
+      return launch_typed<float>(student, teacher, labels, grad_scale, grad, loss_rows, soft_rows, hard_rows,
                                  params, stream);
     case LogitsDType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(student, teacher, labels, grad, loss_rows, soft_rows,
+      return launch_typed<__nv_bfloat16>(student, teacher, labels, grad_scale, grad, loss_rows, soft_rows,
                                          hard_rows, params, stream);
     case LogitsDType::kFloat16:
-      return launch_typed<__half>(student, teacher, labels, grad, loss_rows, soft_rows,
+      return launch_typed<__half>(student, teacher, labels, grad_scale, grad, loss_rows, soft_rows,
                                   hard_rows, params, stream);
   }
   return cudaErrorInvalidValue;
