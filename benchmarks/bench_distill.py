@@ -36,6 +36,7 @@ PROVIDERS = ["torch_eager", "torch_compile", "liger", "sparsedistill"]
 SHAPES, QUICK_SHAPES = "4096x32000,1024x128256", "512x8000"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_REPS = {"cpu": (1, 3), "cuda": (10, 50)}  # (warmup, reps)
+QUICK_REPS = (2, 10)  # small shapes: more reps are cheap and steady the median
 CSV_FIELDS = ["kernel", "provider", "shape", "dtype", "device", "device_name", "p50_ms", "p20_ms",
               "p80_ms", "peak_mib", "speedup_eager", "speedup_compile", "gbps", "torch_version",
               "sparsedistill_backend", "timestamp"]
@@ -212,8 +213,8 @@ def parse_args(argv=None):
     p.add_argument("--shapes", help=f"NxV list (default {SHAPES}; --quick: {QUICK_SHAPES})")
     p.add_argument("--dtypes", default="float32,bfloat16", help=f"from {','.join(DTYPES)}")
     p.add_argument("--providers", default=",".join(PROVIDERS))
-    p.add_argument("--warmup", type=int, help="default: 1 on CPU, 10 on CUDA")
-    p.add_argument("--reps", type=int, help="default: 3 on CPU, 50 on CUDA")
+    p.add_argument("--warmup", type=int, help="default: 1 on CPU, 10 on CUDA, 2 with --quick")
+    p.add_argument("--reps", type=int, help="default: 3 on CPU, 50 on CUDA, 10 with --quick")
     p.add_argument("--T", type=float, default=4.0)
     p.add_argument("--alpha", type=float, default=0.5)
     p.add_argument("--quick", action="store_true", help="small shapes, few reps: a smoke run")
@@ -227,8 +228,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = C.resolve_device(args.device)
-    warmup, reps = DEFAULT_REPS[device]
-    reps = min(reps, 10) if args.quick else reps
+    warmup, reps = QUICK_REPS if args.quick else DEFAULT_REPS[device]
     warmup = warmup if args.warmup is None else args.warmup
     reps = reps if args.reps is None else max(args.reps, 1)
     shapes = [tuple(int(x) for x in s.lower().split("x"))

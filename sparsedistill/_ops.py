@@ -41,12 +41,17 @@ def _distill_loss_setup_context(ctx, inputs, output):
     compute_grad = inputs[-1]
     loss_rows, soft_rows, hard_rows, grad = output
     ctx.mark_non_differentiable(soft_rows, hard_rows, grad)
+    # Unused output gradients stay None: materialising them would zero-fill an (N, V) tensor
+    # for the grad output on every backward.
+    ctx.set_materialize_grads(False)
     ctx.compute_grad = compute_grad
     ctx.grad_consumed = False
     ctx.save_for_backward(grad, inputs[3])
 
 
 def _distill_loss_backward(ctx, grad_loss_rows, _grad_soft, _grad_hard, _grad_grad):
+    if grad_loss_rows is None:
+        return (None,) * 10
     if not ctx.compute_grad:
         raise RuntimeError(
             "sparsedistill.distill_loss was called with compute_grad=False, so it has no "
