@@ -211,7 +211,10 @@ def run_isolated(fn, *args, **kwargs):
 # ----------------------------------------------------------------------------- output
 
 def fmt(x, spec: str = ".2f", missing: str = "n/a") -> str:
-    return missing if x is None else format(x, spec)
+    """format(x, spec), or `missing` for None; a trailing "x" in spec is appended: 1.50x."""
+    if x is None:
+        return missing
+    return format(x, spec[:-1]) + "x" if spec.endswith("x") else format(x, spec)
 
 
 def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:

@@ -188,7 +188,7 @@ def results_table(rows: list[dict], device: str) -> str:
             f["p50"] = "failed: " + r["error"].replace("|", "/")
         else:
             f.update(p50=C.fmt(r["p50_ms"]), p20=C.fmt(r["p20_ms"]), p80=C.fmt(r["p80_ms"]),
-                     se=C.fmt(r["speedup_eager"], ".2f") + "x", sc=C.fmt(r["speedup_compile"]) + "x",
+                     se=C.fmt(r["speedup_eager"], ".2fx"), sc=C.fmt(r["speedup_compile"], ".2fx"),
                      gbps=C.fmt(r["gbps"], ".1f"), pct=C.fmt(r["pct_copy_bw"], ".0f"),
                      mib=C.fmt(r["peak_mib"], ".1f"), xl=C.fmt(r["peak_x_logits"]))
         out.append(f)

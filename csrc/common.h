@@ -21,13 +21,16 @@
 
 namespace sparsedistill {
 
-// "(4, 10)": sizes formatted here rather than by streaming an IntArrayRef, whose header-only
-// operator<< crashed inside TORCH_CHECK's message on one torch 2.11 + g++ 13 build.
+// Messages are built from strings and numbers only: streaming c10 types (IntArrayRef,
+// ScalarType) through their header-only operator<< crashed inside TORCH_CHECK on one
+// torch 2.11 + g++ 13 build. "(4, 10)", "Float", "cuda:0":
 inline std::string shape_str(const at::Tensor& t) {
   std::string out = "(";
   for (int64_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));
   return out + ")";
 }
+inline const char* dtype_str(const at::Tensor& t) { return c10::toString(t.scalar_type()); }
+inline std::string device_str(const at::Tensor& t) { return t.device().str(); }
 
 inline bool is_logits_dtype(at::ScalarType t) {
   return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf || t == at::kDouble;
@@ -44,21 +47,21 @@ inline DistillParams check_distill_args(const at::Tensor& student, const at::Ten
                shape_str(student), ", got ", shape_str(teacher));
   SD_CHECK_TYPE(is_logits_dtype(student.scalar_type()),
                 "student must be floating point (float32, bfloat16, float16, float64), got ",
-                student.scalar_type());
+                dtype_str(student));
   SD_CHECK_TYPE(teacher.scalar_type() == student.scalar_type(),
-                "teacher must have the dtype of student (", student.scalar_type(), "), got ",
-                teacher.scalar_type());
+                "teacher must have the dtype of student (", dtype_str(student), "), got ",
+                dtype_str(teacher));
   SD_CHECK_ARG(teacher.device() == student.device(), "teacher must be on the device of student (",
-               student.device(), "), got ", teacher.device());
+               device_str(student), "), got ", device_str(teacher));
   SD_CHECK_ARG(student.size(1) > 0 || student.size(0) == 0,
                "student must have at least one class (V > 0)");
   if (labels.has_value()) {
     const auto& y = *labels;
-    SD_CHECK_TYPE(y.scalar_type() == at::kLong, "labels must be int64, got ", y.scalar_type());
+    SD_CHECK_TYPE(y.scalar_type() == at::kLong, "labels must be int64, got ", dtype_str(y));
     SD_CHECK_ARG(y.dim() == 1 && y.size(0) == student.size(0), "labels must have shape (",
                  student.size(0), "), got ", shape_str(y));
     SD_CHECK_ARG(y.device() == student.device(), "labels must be on the device of student (",
-                 student.device(), "), got ", y.device());
+                 device_str(student), "), got ", device_str(y));
   }
   SD_CHECK_ARG(grad_scale.dim() == 0 && grad_scale.scalar_type() == at::kFloat &&
                    grad_scale.device() == student.device(),

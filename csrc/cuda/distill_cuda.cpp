@@ -16,7 +16,7 @@ LogitsDType to_logits_dtype(at::ScalarType t) {
     case at::kFloat: return LogitsDType::kFloat32;
     case at::kBFloat16: return LogitsDType::kBFloat16;
     case at::kHalf: return LogitsDType::kFloat16;
-    default: TORCH_CHECK_TYPE(false, "sparsedistill: student dtype ", t, " has no CUDA kernel");
+    default: TORCH_CHECK_TYPE(false, "sparsedistill: dtype ", c10::toString(t), " has no CUDA kernel");
   }
 }
 
@@ -26,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cuda(
     int64_t ignore_index, bool compute_grad) {
   const DistillParams p = check_distill_args(student, teacher, labels, grad_scale, T, alpha, beta,
                                              divergence, ignore_index, compute_grad);
-  SD_CHECK_ARG(student.is_cuda(), "student must be a CUDA tensor, got ", student.device());
+  SD_CHECK_ARG(student.is_cuda(), "student must be a CUDA tensor, got ", device_str(student));
   if (student.scalar_type() == at::kDouble) {
     return distill_loss_via_float32(distill_loss_cuda, student, teacher, labels, grad_scale, T,
                                     alpha, beta, divergence, ignore_index, compute_grad);
