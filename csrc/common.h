@@ -43,7 +43,7 @@ inline DistillParams check_distill_args(const at::Tensor& student, const at::Ten
                                         double alpha, double beta, int64_t divergence,
                                         int64_t ignore_index, bool compute_grad) {
   SD_CHECK_ARG(student.dim() == 2, "student must be 2-D (N, V), got shape ", shape_str(student));
-  SD_CHECK_ARG(shape_str(teacher) == shape_str(student), "teacher must have the shape of student ",
+  SD_CHECK_ARG(teacher.sizes() == student.sizes(), "teacher must have the shape of student ",
                shape_str(student), ", got ", shape_str(teacher));
   SD_CHECK_TYPE(is_logits_dtype(student.scalar_type()),
                 "student must be floating point (float32, bfloat16, float16, float64), got ",
