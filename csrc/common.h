@@ -6,11 +6,17 @@
 
 #include <optional>
 #include <string>
+#include <type_traits>
 
 #include "distill_params.h"
 
-#define SD_CHECK_ARG(cond, ...) TORCH_CHECK_VALUE(cond, "sparsedistill: ", __VA_ARGS__)
-#define SD_CHECK_TYPE(cond, ...) TORCH_CHECK_TYPE(cond, "sparsedistill: ", __VA_ARGS__)
+// The message is concatenated here from strings and std::to_string'ed numbers and handed to
+// TORCH_CHECK as one std::string: with torch 2.11 (+ g++ 13), formatting a number or a c10
+// type through TORCH_CHECK's stream inside this library crashed the process.
+#define SD_CHECK_ARG(cond, ...) \
+  TORCH_CHECK_VALUE(cond, ::sparsedistill::message("sparsedistill: ", __VA_ARGS__))
+#define SD_CHECK_TYPE(cond, ...) \
+  TORCH_CHECK_TYPE(cond, ::sparsedistill::message("sparsedistill: ", __VA_ARGS__))
 
 // The logits dtypes the native kernels compute on (float32 arithmetic inside).
 #define SD_DISPATCH_LOGITS(TYPE, NAME, ...)                        \
@@ -21,9 +27,17 @@
 
 namespace sparsedistill {
 
-// Messages are built from strings and numbers only: streaming c10 types (IntArrayRef,
-// ScalarType) through their header-only operator<< crashed inside TORCH_CHECK on one
-// torch 2.11 + g++ 13 build. "(4, 10)", "Float", "cuda:0":
+inline std::string message_piece(const char* s) { return s; }
+inline std::string message_piece(const std::string& s) { return s; }
+template <typename Number, typename = std::enable_if_t<std::is_arithmetic_v<Number>>>
+std::string message_piece(Number x) { return std::to_string(x); }
+
+template <typename... Pieces>
+std::string message(const Pieces&... pieces) {
+  return (std::string() + ... + message_piece(pieces));
+}
+
+// Tensor facts as strings for those messages: "(4, 10)", "Float", "cuda:0".
 inline std::string shape_str(const at::Tensor& t) {
   std::string out = "(";
   for (int64_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));

@@ -16,7 +16,7 @@ LogitsDType to_logits_dtype(at::ScalarType t) {
     case at::kFloat: return LogitsDType::kFloat32;
     case at::kBFloat16: return LogitsDType::kBFloat16;
     case at::kHalf: return LogitsDType::kFloat16;
-    default: TORCH_CHECK_TYPE(false, "sparsedistill: dtype ", c10::toString(t), " has no CUDA kernel");
+    default: SD_CHECK_TYPE(false, "dtype ", c10::toString(t), " has no CUDA kernel");
   }
 }
 
@@ -43,8 +43,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cuda(
       grad_scale.const_data_ptr<float>(), compute_grad ? out.grad.mutable_data_ptr() : nullptr, out.loss.mutable_data_ptr<float>(),
       out.soft.mutable_data_ptr<float>(), out.hard.mutable_data_ptr<float>(),
       to_logits_dtype(s.scalar_type()), p, c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "sparsedistill: distill_loss CUDA kernel launch failed: ",
-              cudaGetErrorString(err));
+  SD_CHECK_ARG(err == cudaSuccess, "distill_loss CUDA kernel launch failed: ",
+               cudaGetErrorString(err));
   return out.as_tuple();
 }
 
@@ -60,8 +60,8 @@ void scale_rows_cuda(at::Tensor& grad, const at::Tensor& row_scale) {
       launch_scale_rows(grad.mutable_data_ptr(), scale.const_data_ptr<float>(),
                         to_logits_dtype(grad.scalar_type()), grad.size(0), grad.size(1),
                         c10::cuda::getCurrentCUDAStream());
-  TORCH_CHECK(err == cudaSuccess, "sparsedistill: scale_rows_ CUDA kernel launch failed: ",
-              cudaGetErrorString(err));
+  SD_CHECK_ARG(err == cudaSuccess, "scale_rows_ CUDA kernel launch failed: ",
+               cudaGetErrorString(err));
 }
 
 }  // namespace

@@ -132,18 +132,30 @@ __device__ __forceinline__ void sweep_row(const Elem* __restrict__ s, const Elem
   for (int j = tid; j < head; j += nt) scalar_at(j);
   for (int j = tail + tid; j < V; j += nt) scalar_at(j);
 
-  auto chunk_at = [&](int k) {
-    const int j0 = head + k * kN;
-    Chunk<kN> c;
-    load_chunk<kStreaming>(s + j0, c.s);
-    load_chunk<kStreaming>(t + j0, c.t);
-    visit(c, j0);
-    if (g != nullptr) store_chunk(g + j0, c.g);
+  // Two chunks per step, both loaded before either is used: twice the bytes in flight per
+  // thread, which is what a one-block-per-row kernel needs to approach the memory bandwidth.
+  auto load_at = [&](int k, Chunk<kN>& c) {
+    load_chunk<kStreaming>(s + head + k * kN, c.s);
+    load_chunk<kStreaming>(t + head + k * kN, c.t);
   };
-  if (kBackward) {
-    for (int k = nchunks - 1 - tid; k >= 0; k -= nt) chunk_at(k);
-  } else {
-    for (int k = tid; k < nchunks; k += nt) chunk_at(k);
+  auto finish_at = [&](int k, Chunk<kN>& c) {
+    visit(c, head + k * kN);
+    if (g != nullptr) store_chunk(g + head + k * kN, c.g);
+  };
+  // Visit order: k = first, first + step, ... (forward) or the mirror image (backward).
+  auto index = [&](int i) { return kBackward ? nchunks - 1 - i : i; };
+  int i = tid;
+  for (; i + nt < nchunks; i += 2 * nt) {
+    Chunk<kN> c0, c1;
+    load_at(index(i), c0);
+    load_at(index(i + nt), c1);
+    finish_at(index(i), c0);
+    finish_at(index(i + nt), c1);
+  }
+  if (i < nchunks) {
+    Chunk<kN> c0;
+    load_at(index(i), c0);
+    finish_at(index(i), c0);
   }
 }
 
