@@ -20,6 +20,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "common.h"
 
 // The build asked for a vector ISA: fail to compile rather than silently build scalar code.
@@ -305,6 +309,22 @@ class DistillRow {
   alignas(64) float gb_[kTile];
 };
 
+// The gradient is a fresh logits-sized buffer that the kernel fills once. Faulting it in 4 KiB
+// pages costs about as much as the arithmetic of a large batch; ask Linux for 2 MiB pages
+// (transparent huge pages, where enabled in "madvise" or "always" mode). Advisory only.
+void advise_huge_pages(const at::Tensor& buffer) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  if (buffer.nbytes() < 2 * kHuge) return;
+  const auto begin = reinterpret_cast<uintptr_t>(buffer.const_data_ptr());
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t last = (begin + buffer.nbytes()) & ~(kHuge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#else
+  (void)buffer;
+#endif
+}
+
 template <typename scalar_t>
 void distill_rows(const at::Tensor& student, const at::Tensor& teacher, const int64_t* labels,
                   float grad_scale, const DistillParams& p, DistillOutputs& out) {
@@ -348,6 +368,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cpu(
     }
   }
   DistillOutputs out = alloc_distill_outputs(s, compute_grad);
+  if (compute_grad) advise_huge_pages(out.grad);
   SD_DISPATCH_LOGITS(s.scalar_type(), "distill_loss_cpu", [&] {
     distill_rows<scalar_t>(s, t, y.defined() ? y.const_data_ptr<int64_t>() : nullptr,
                            grad_scale.item<float>(), p, out);
