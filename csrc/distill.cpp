@@ -133,6 +133,10 @@ class DistillRow {
   DistillRow(const DistillParams& p, float grad_scale)
       : p_(p), inv_t_(1.f / p.temperature), grad_scale_(grad_scale),
         soft_weight_(p.has_labels ? p.alpha : 1.f), hard_weight_(p.has_labels ? 1.f - p.alpha : 0.f),
+        integer_temperature_(p.temperature == std::round(p.temperature) && p.temperature >= 1.f &&
+                                     p.temperature <= 16.f
+                                 ? static_cast<int>(p.temperature)
+                                 : 0),
         n_tiles_((p.vocab + kTile - 1) / kTile),
         cache_stride_(n_tiles_ * kTile),
         cache_((p.compute_grad || p.divergence == kJSD) ? 3 * cache_stride_ : 0),
@@ -177,18 +181,32 @@ class DistillRow {
 
   // Adds exp(scale * (x - stats.max)) of a padded tile into stats.sum, stats.weighted (with
   // weight w, forced to 0 where the exp is 0) and, if cache != nullptr, stores the exps there.
+  // Adds exp(scale * (x - stats.max)) of a padded tile into stats.sum, stats.weighted (with
+  // weight w_plus - w_minus, forced to 0 where the exp is 0) and, if cache != nullptr, stores
+  // the exps there. With power > 0 it also accumulates e^power into `powered` (and its cache):
+  // for x/T with an integer T, e^T = exp(x - max) is the hard term's exp, for the price of a
+  // few multiplications instead of another exp.
   static void accumulate(const float* x, const float* w_plus, const float* w_minus, int64_t np,
-                         OnlineSoftmax& stats, float* cache) {
+                         OnlineSoftmax& stats, float* cache, int power, OnlineSoftmax* powered,
+                         float* powered_cache) {
     const Vec vmax(stats.max), vscale(stats.scale);
-    Vec acc(0.f), acc_w(0.f);
+    Vec acc(0.f), acc_w(0.f), acc_pow(0.f);
     for (int64_t i = 0; i < np; i += Vec::size()) {
       const Vec e = ((Vec::loadu(x + i) - vmax) * vscale).exp_u20();
       acc += e;
       if (w_plus) acc_w += zero_where_zero(e, e * (Vec::loadu(w_plus + i) - Vec::loadu(w_minus + i)));
       if (cache) e.store(cache + i);
+      if (powered) {
+        Vec result(1.f), base = e;
+        for (int n = power; n > 0; n >>= 1, base = base * base)
+          if (n & 1) result = result * base;
+        acc_pow += result;
+        if (powered_cache) result.store(powered_cache + i);
+      }
     }
     stats.sum += lane_sum(acc);
     stats.weighted += lane_sum(acc_w);
+    if (powered) powered->sum += lane_sum(acc_pow);
   }
 
   // Pass 1: maxima, sums and KL weighted sums in one read of the row; caches the exps.
@@ -208,24 +226,30 @@ class DistillRow {
       // Only the weighted sum the chosen divergence needs: forward KL weighs (t - s) by p,
       // reverse KL weighs (s - t) by q.
       const bool fwd = p_.divergence == kForwardKL, rev = p_.divergence == kReverseKL;
-      accumulate_tile(k, 0, sb_, rev ? sb_ : nullptr, tb_, np, st_);
-      accumulate_tile(k, 1, tb_, fwd ? tb_ : nullptr, sb_, np, tt_);
-      if (p_.has_labels) accumulate_tile(k, 2, sb_, nullptr, nullptr, np, s1_);
+      const int power = p_.has_labels ? integer_temperature_ : 0;
+      accumulate_tile(k, 0, sb_, rev ? sb_ : nullptr, tb_, np, st_, power);
+      accumulate_tile(k, 1, tb_, fwd ? tb_ : nullptr, sb_, np, tt_, 0);
+      if (p_.has_labels && power == 0) accumulate_tile(k, 2, sb_, nullptr, nullptr, np, s1_, 0);
     }
   }
 
-  // One tensor's share of a tile in pass 1; `which` picks its cache and tile-max slot.
+  // One tensor's share of a tile in pass 1; `which` picks its cache and tile-max slot. With
+  // power > 0 (student, integer T) the hard term's statistics s1_ (slot 2) come along.
   void accumulate_tile(int64_t k, int which, const float* x, const float* w_plus,
-                       const float* w_minus, int64_t np, OnlineSoftmax& stats) {
+                       const float* w_minus, int64_t np, OnlineSoftmax& stats, int power) {
     float* cache = cache_.empty() ? nullptr : cached_exp(which) + k * kTile;
+    float* powered_cache = (cache_.empty() || power == 0) ? nullptr : cached_exp(2) + k * kTile;
     if (!std::isfinite(stats.max)) {
       // All -inf so far (probability 0: cache zeros), or NaN/+inf (the row becomes NaN).
       if (cache) std::fill_n(cache, np, 0.f);
+      if (powered_cache) std::fill_n(powered_cache, np, 0.f);
       tile_max_[3 * k + which] = -kInf;
+      if (power) tile_max_[3 * k + 2] = -kInf;
       return;
     }
-    accumulate(x, w_plus, w_minus, np, stats, cache);
+    accumulate(x, w_plus, w_minus, np, stats, cache, power, power ? &s1_ : nullptr, powered_cache);
     tile_max_[3 * k + which] = stats.max;
+    if (power) tile_max_[3 * k + 2] = stats.max;
   }
 
   // Factor that turns a cached exp of tile k into a probability: exp(scale*(m_k - max)) / sum.
@@ -299,6 +323,7 @@ class DistillRow {
 
   const DistillParams& p_;
   const float inv_t_, grad_scale_, soft_weight_, hard_weight_;
+  const int integer_temperature_;  // T if it is an integer in [1, 16], else 0
   const int64_t n_tiles_, cache_stride_;
   std::vector<float> cache_;     // exps of s/T, t/T and s for the row (pass 1 -> later passes)
   std::vector<float> tile_max_;  // per tile, the running max its cached exps are relative to
