@@ -12,6 +12,8 @@ from ._backend import backend_info, load_native
 load_native()
 
 from .distill import DistillationLoss, distillation_loss  # noqa: E402
+from .pruning import global_magnitude_masks, magnitude_mask, magnitude_prune_  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["distillation_loss", "DistillationLoss", "backend_info", "__version__"]
+__all__ = ["distillation_loss", "DistillationLoss", "magnitude_mask", "magnitude_prune_",
+           "global_magnitude_masks", "backend_info", "__version__"]

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-OPS = ("distill_loss", "scale_rows_")
+OPS = ("distill_loss", "scale_rows_", "select_smallest")
 DISABLE_ENV = "SPARSEDISTILL_DISABLE_NATIVE"
 
 _state = {"loaded": False, "reason": None, "config": {}}

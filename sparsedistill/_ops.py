@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _reference
+from . import _prune_reference, _reference
 
 lib = torch.library.Library("sparsedistill", "DEF")
 
@@ -94,3 +94,18 @@ lib.impl("scale_rows_", _reference.scale_rows_, "CompositeExplicitAutograd")
 @torch.library.register_fake("sparsedistill::scale_rows_")
 def _scale_rows_fake(grad, row_scale):
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# select_smallest: exact k-smallest selection over a list of tensors (one threshold for all)
+# without sorting. Returns one bool keep-mask per tensor: exactly k of the eligible elements
+# (keep[i] True, or all when keep is None) are False, ranked by key ascending (|value| if
+# magnitude, else value), ties by (tensor index, flat index); not-eligible elements stay False.
+# ---------------------------------------------------------------------------------------------
+lib.define("select_smallest(Tensor[] values, Tensor[]? keep, int k, bool magnitude) -> Tensor[]")
+lib.impl("select_smallest", _prune_reference.select_smallest, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("sparsedistill::select_smallest")
+def _select_smallest_fake(values, keep, k, magnitude):
+    return [torch.empty_like(v, dtype=torch.bool) for v in values]

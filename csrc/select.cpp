@@ -1,0 +1,210 @@
+// C++ CPU kernel of sparsedistill::select_smallest (schema in sparsedistill/_ops.py): exact
+// selection of the k smallest keys across a list of tensors, without sorting or copying them.
+//
+// Every element maps to a 32-bit key whose unsigned order is the float order of |x| (or x).
+// Pass 1 histograms the high 16 bits of the keys of the eligible elements (one histogram per
+// thread), which finds the bucket holding the k-th smallest key; pass 2 histograms the low 16
+// bits inside that bucket, which gives the k-th smallest key K exactly. The mask pass prunes
+// every key < K and, of the keys == K, the first ones by position (tensor index, then flat
+// index); when not all of those are pruned, one more counting pass gives each chunk its rank.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+
+namespace sparsedistill {
+namespace {
+
+constexpr int64_t kChunk = 1 << 16;  // elements per work unit
+constexpr int kBins = 1 << 16;
+
+// Order-preserving 32-bit key of a float (of |x| when magnitude); -0 and +0 are equal.
+// Branch-free, so the passes vectorise: negatives flip every bit, the rest set the sign bit.
+inline uint32_t order_key(float x, bool magnitude) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  u &= magnitude ? 0x7fffffffu : 0xffffffffu;
+  u = (u & 0x7fffffffu) == 0 ? 0u : u;
+  return u ^ ((0u - (u >> 31)) | 0x80000000u);
+}
+
+// One contiguous range of one tensor.
+struct Chunk {
+  int64_t tensor, begin, end;
+};
+
+class Selection {
+ public:
+  Selection(std::vector<at::Tensor> values, std::vector<at::Tensor> keep, bool magnitude)
+      : values_(std::move(values)), keep_(std::move(keep)), magnitude_(magnitude) {
+    for (int64_t i = 0; i < static_cast<int64_t>(values_.size()); ++i)
+      for (int64_t b = 0; b < values_[i].numel(); b += kChunk)
+        chunks_.push_back({i, b, std::min(values_[i].numel(), b + kChunk)});
+  }
+
+  // Calls fn(value as float, eligible) for each element of chunk c, in order.
+  template <typename Fn>
+  void for_each(const Chunk& c, Fn&& fn) const {
+    const at::Tensor& v = values_[c.tensor];
+    const bool* keep = keep_.empty() ? nullptr : keep_[c.tensor].const_data_ptr<bool>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, v.scalar_type(), "select_smallest", [&] {
+      const scalar_t* x = v.const_data_ptr<scalar_t>();
+      for (int64_t j = c.begin; j < c.end; ++j) {
+        const float f = static_cast<float>(x[j]);
+        fn(f, keep == nullptr || keep[j]);
+      }
+    });
+  }
+
+  // Histogram of 16 key bits over the eligible elements whose high bits equal `prefix` (pass 2)
+  // or of all eligible elements (pass 1, prefix < 0). Returns the merged histogram.
+  // Each task counts into kCopies interleaved uint32 histograms: runs of equal keys (common in
+  // weights) would otherwise serialise on one counter's load-increment-store.
+  std::vector<int64_t> histogram(int shift, int64_t prefix, bool check_nan) const {
+    constexpr int kCopies = 4;
+    const int tasks = std::max(1, std::min<int>(at::get_num_threads(), chunks_.size()));
+    std::vector<int64_t> total(kBins, 0);
+    std::vector<std::vector<int64_t>> merged(tasks);
+    std::vector<int64_t> nan_at(tasks, -1);
+    const bool magnitude = magnitude_;
+    at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<uint32_t> h(kCopies * kBins);
+      for (int64_t t = t0; t < t1; ++t) {
+        std::fill(h.begin(), h.end(), 0u);
+        auto& sums = merged[t];
+        sums.assign(kBins, 0);
+        int64_t pending = 0;  // counts since the last flush: keep every uint32 below 2^32
+        auto flush = [&] {
+          for (int c = 0; c < kCopies; ++c)
+            for (int b = 0; b < kBins; ++b) sums[b] += h[c * kBins + b];
+          std::fill(h.begin(), h.end(), 0u);
+          pending = 0;
+        };
+        for (size_t c = t; c < chunks_.size(); c += tasks) {
+          uint32_t lane = 0;
+          for_each(chunks_[c], [&](float f, bool eligible) {
+            if (check_nan && std::isnan(f)) nan_at[t] = chunks_[c].tensor;
+            const uint32_t key = order_key(f, magnitude);
+            if (!eligible || (prefix >= 0 && static_cast<int64_t>(key >> 16) != prefix)) return;
+            ++h[(lane++ & (kCopies - 1)) * kBins + ((key >> shift) & 0xffffu)];
+          });
+          if ((pending += kChunk) > (int64_t{1} << 31)) flush();
+        }
+        flush();
+      }
+    });
+    for (int64_t t = 0; t < tasks; ++t)
+      SD_CHECK_ARG(nan_at[t] < 0, "tensors[", nan_at[t], "] (or its scores) holds NaN: magnitudes must be comparable");
+    for (const auto& sums : merged)
+      for (int b = 0; b < kBins; ++b) total[b] += sums[b];
+    return total;
+  }
+
+  // The bin holding the r-th smallest (1-based) counted element, and the count below it.
+  static std::pair<int64_t, int64_t> find_bin(const std::vector<int64_t>& hist, int64_t r) {
+    int64_t below = 0;
+    for (int64_t b = 0; b < kBins; ++b) {
+      if (below + hist[b] >= r) return {b, below};
+      below += hist[b];
+    }
+    return {kBins - 1, below};  // unreachable for r <= total
+  }
+
+  std::vector<at::Tensor> masks(int64_t k) const {
+    std::vector<at::Tensor> out;
+    for (const auto& v : values_) out.push_back(at::empty(v.sizes(), v.options().dtype(at::kBool)));
+    const auto high = histogram(16, -1, /*check_nan=*/true);
+    if (k == 0) {  // key >= 0 always: every eligible element is kept
+      write_masks(out, 0, 0, nullptr);
+      return out;
+    }
+    const auto [hb, below_high] = find_bin(high, k);
+    const auto low = histogram(0, hb, /*check_nan=*/false);
+    const auto [lb, below_low] = find_bin(low, k - below_high);
+    const uint32_t threshold = static_cast<uint32_t>(hb << 16 | lb);
+    const int64_t need = k - below_high - below_low;  // ties (key == threshold) to prune
+    if (need == low[lb]) {  // all ties go: no ranking needed
+      write_masks(out, threshold, std::numeric_limits<int64_t>::max(), nullptr);
+      return out;
+    }
+    // Some ties survive: rank them by position. Count the ties of each chunk, prefix-sum.
+    std::vector<int64_t> ties_before(chunks_.size() + 1, 0);
+    at::parallel_for(0, chunks_.size(), 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        int64_t n = 0;
+        for_each(chunks_[c], [&](float f, bool eligible) {
+          n += eligible && order_key(f, magnitude_) == threshold;
+        });
+        ties_before[c + 1] = n;
+      }
+    });
+    for (size_t c = 0; c < chunks_.size(); ++c) ties_before[c + 1] += ties_before[c];
+    write_masks(out, threshold, need, &ties_before);
+    return out;
+  }
+
+ private:
+  // keep = eligible && (key > threshold || (key == threshold && rank >= need)), where rank is
+  // the position of a tie among all eligible ties (ties_before[c] gives those before chunk c).
+  void write_masks(std::vector<at::Tensor>& out, uint32_t threshold, int64_t need,
+                   const std::vector<int64_t>* ties_before) const {
+    const bool magnitude = magnitude_;  // a local: the bool stores below cannot alias it
+    at::parallel_for(0, chunks_.size(), 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        bool* m = out[chunks_[c].tensor].mutable_data_ptr<bool>() + chunks_[c].begin;
+        int64_t rank = ties_before ? (*ties_before)[c] : 0;
+        for_each(chunks_[c], [&](float f, bool eligible) {
+          const uint32_t key = order_key(f, magnitude);
+          const bool tie = eligible && key == threshold;
+          *m++ = eligible && (key > threshold || (tie && rank >= need));
+          rank += tie;
+        });
+      }
+    });
+  }
+
+  std::vector<at::Tensor> values_, keep_;
+  std::vector<Chunk> chunks_;
+  bool magnitude_;
+};
+
+std::vector<at::Tensor> select_smallest_cpu(at::TensorList values,
+                                            const std::optional<at::TensorList>& keep, int64_t k,
+                                            bool magnitude) {
+  SD_CHECK_ARG(!keep.has_value() || keep->size() == values.size(),
+               "keep must hold one mask per tensor (", static_cast<int64_t>(values.size()),
+               "), got ", static_cast<int64_t>(keep ? keep->size() : 0));
+  std::vector<at::Tensor> vs, ks;
+  int64_t eligible = 0;
+  for (size_t i = 0; i < values.size(); ++i) {
+    const at::Tensor& v = values[i];
+    SD_CHECK_TYPE(at::isFloatingType(v.scalar_type()), "values[", static_cast<int64_t>(i),
+                  "] must be floating point, got ", dtype_str(v));
+    SD_CHECK_ARG(v.device().is_cpu(), "values[", static_cast<int64_t>(i), "] must be on the CPU");
+    vs.push_back(v.contiguous());
+    if (keep.has_value()) {
+      const at::Tensor& m = (*keep)[i];
+      SD_CHECK_ARG(m.scalar_type() == at::kBool && m.sizes() == v.sizes() && m.device() == v.device(),
+                   "keep[", static_cast<int64_t>(i), "] must be a bool tensor of the shape of values[",
+                   static_cast<int64_t>(i), "] ", shape_str(v));
+      ks.push_back(m.contiguous());
+      eligible += ks.back().sum().item<int64_t>();
+    } else {
+      eligible += v.numel();
+    }
+  }
+  SD_CHECK_ARG(k >= 0 && k <= eligible, "k must lie in [0, ", eligible,
+               "] (the eligible elements), got ", k);
+  return Selection(std::move(vs), std::move(ks), magnitude).masks(k);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) { m.impl("select_smallest", &select_smallest_cpu); }
+
+}  // namespace sparsedistill

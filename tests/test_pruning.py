@@ -1,0 +1,132 @@
+"""Exact magnitude selection: sparsedistill.magnitude_mask / magnitude_prune_ /
+global_magnitude_masks and the select_smallest op, against sorting references."""
+import pytest
+import torch
+import torch.nn.utils.prune as torch_prune
+
+import sparsedistill
+from sparsedistill import _prune_reference
+from sparsedistill.pruning import resolve_amount
+
+OP = torch.ops.sparsedistill.select_smallest
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+
+
+def pruned_count(mask):
+    return int((~mask).sum())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (41, 1271), (3, 5, 17)])
+@pytest.mark.parametrize("amount", [0.0, 0.3, 0.9, 1.0, 5])
+def test_exact_count_and_order(device, dtype, shape, amount):
+    w = torch.randn(shape, device=device).to(dtype)
+    n = w.numel()
+    if isinstance(amount, int) and amount > n:
+        pytest.skip("count above numel is an error, tested below")
+    mask = sparsedistill.magnitude_mask(w, amount)
+    assert mask.dtype == torch.bool and mask.shape == w.shape
+    assert pruned_count(mask) == resolve_amount(amount, n) == (amount if isinstance(amount, int) else round(amount * n))
+    if 0 < pruned_count(mask) < n:
+        assert w.abs()[mask].min() >= w.abs()[~mask].max()
+
+
+@pytest.mark.parametrize("magnitude", [True, False])
+@pytest.mark.parametrize("with_keep", [True, False])
+def test_native_matches_reference_with_heavy_ties(device, magnitude, with_keep):
+    vals = [torch.randint(-3, 4, s, device=device).float() for s in [(300, 7), (1,), (0, 4), (70001,)]]
+    vals[0][0, 0] = -0.0  # -0 and +0 are the same key
+    keep = [torch.rand(v.shape, device=device) > 0.3 for v in vals] if with_keep else None
+    n = sum(int(k.sum()) for k in keep) if with_keep else sum(v.numel() for v in vals)
+    for k in [0, 1, n // 3, n // 2, n - 1, n]:
+        got = OP(vals, keep, k, magnitude)
+        want = _prune_reference.select_smallest(vals, keep, k, magnitude)
+        for g, w in zip(got, want):
+            assert torch.equal(g, w)
+
+
+def test_ties_broken_by_lowest_flat_index_then_tensor_order(device):
+    w = torch.tensor([[1.0, 2.0, 1.0], [1.0, -1.0, 3.0]], device=device)
+    mask = sparsedistill.magnitude_mask(w, 2)  # four |w| == 1: the first two (flat 0, 2) go
+    assert mask.tolist() == [[False, True, False], [True, True, True]]
+    a, b = torch.ones(3, device=device), torch.ones(2, device=device)
+    ma, mb = sparsedistill.global_magnitude_masks([a, b], 4)
+    assert ma.tolist() == [False, False, False] and mb.tolist() == [False, True]
+
+
+def test_global_masks_equal_concatenation(device):
+    tensors = [torch.randn(s, device=device) for s in [(64, 33), (17,), (5, 3, 3, 3), (100, 100)]]
+    for amount in [0.2, 0.75, 1234]:
+        masks = sparsedistill.global_magnitude_masks(tensors, amount)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        want = sparsedistill.magnitude_mask(flat, amount)
+        assert torch.equal(torch.cat([m.reshape(-1) for m in masks]), want)
+
+
+def test_iterative_pruning_matches_torch_prune(device):
+    lin = torch.nn.Linear(73, 41).to(device)
+    ref = torch.nn.Linear(73, 41).to(device)
+    ref.load_state_dict(lin.state_dict())
+    mask = None
+    for amount in [0.3, 0.5, 7]:
+        torch_prune.l1_unstructured(ref, "weight", amount)
+        mask = sparsedistill.magnitude_mask(lin.weight, amount, mask=mask)
+        assert torch.equal(mask, ref.weight_mask.bool())
+
+
+def test_scores_drive_the_selection(device):
+    w = torch.randn(50, 20, device=device)
+    scores = torch.rand(50, 20, device=device)
+    mask = sparsedistill.magnitude_mask(w, 0.4, scores=scores)
+    assert scores[mask].min() >= scores[~mask].max()
+
+
+def test_magnitude_prune_in_place(device):
+    w = torch.randn(30, 30, device=device)
+    before = w.clone()
+    mask = sparsedistill.magnitude_prune_(w, 0.5)
+    assert torch.equal(w[mask], before[mask]) and (w[~mask] == 0).all()
+    assert pruned_count(mask) == 450
+
+
+def bad_calls(device):
+    w = torch.randn(6, 5, device=device)
+    nan = w.clone()
+    nan[2, 3] = float("nan")
+    return [
+        ("amount", lambda: sparsedistill.magnitude_prune_(w, -0.1)),
+        ("amount", lambda: sparsedistill.magnitude_prune_(w, 1.5)),
+        ("amount", lambda: sparsedistill.magnitude_prune_(w, 31)),
+        ("amount", lambda: sparsedistill.magnitude_prune_(w, -1)),
+        ("amount", lambda: sparsedistill.magnitude_prune_(w, True)),
+        ("tensors", lambda: sparsedistill.magnitude_prune_(w.long(), 0.5)),
+        ("NaN", lambda: sparsedistill.magnitude_prune_(nan, 0.5)),
+        ("NaN", lambda: sparsedistill.magnitude_prune_(w, 0.5, scores=nan)),
+        ("scores", lambda: sparsedistill.magnitude_prune_(w, 0.5, scores=w[:3])),
+        ("masks", lambda: sparsedistill.magnitude_prune_(w, 0.5, mask=w)),  # float, not bool
+        ("amount", lambda: sparsedistill.magnitude_prune_(w, 29, mask=w > 0)),
+    ], (w, nan)
+
+
+def test_bad_input_names_the_argument_and_modifies_nothing(device):
+    calls, tensors = bad_calls(device)
+    before = [t.clone() for t in tensors]
+    for name, call in calls:
+        with pytest.raises((ValueError, TypeError), match=name):
+            call()
+    for t, b in zip(tensors, before):
+        assert torch.equal(t, b) or (torch.isnan(t) == torch.isnan(b)).all()
+
+
+def test_op_level_checks(device):
+    w = torch.randn(4, 4, device=device)
+    with pytest.raises(Exception, match="k must lie"):
+        OP([w], None, 17, True)
+    with pytest.raises(Exception, match="keep"):
+        OP([w], [w > 0, w > 0], 1, True)
+
+
+def test_opcheck(device):
+    w = torch.randn(9, 13, device=device)
+    torch.library.opcheck(OP, ([w, w[0]], None, 40, True))
+    torch.library.opcheck(OP, ([w], [w > -0.5], 10, False))
