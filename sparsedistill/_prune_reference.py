@@ -43,4 +43,5 @@ def select_smallest(values: list[torch.Tensor], keep: list[torch.Tensor] | None,
     order = torch.sort(rank_keys, stable=True).indices
     flat_keep = flat_eligible.clone()
     flat_keep[order[:k]] = False
-    return [m.view(v.shape) for m, v in zip(flat_keep.split([v.numel() for v in values]), values)]
+    # Separate tensors (not views of one buffer): op outputs must not alias each other.
+    return [m.view(v.shape).clone() for m, v in zip(flat_keep.split([v.numel() for v in values]), values)]
