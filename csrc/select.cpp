@@ -22,6 +22,7 @@ namespace {
 
 constexpr int64_t kChunk = 1 << 16;  // elements per work unit
 constexpr int kBins = 1 << 16;
+constexpr int64_t kBlock = 1024;     // keys computed at a time (4 KiB, stays in L1)
 
 // Order-preserving 32-bit key of a float (of |x| when magnitude); -0 and +0 are equal.
 // Branch-free, so the passes vectorise: negatives flip every bit, the rest set the sign bit.
@@ -47,16 +48,28 @@ class Selection {
         chunks_.push_back({i, b, std::min(values_[i].numel(), b + kChunk)});
   }
 
-  // Calls fn(value as float, eligible) for each element of chunk c, in order.
+  // Calls fn(keys, eligible, n, offset) for blocks of chunk c in order: keys[0, n) are the
+  // order keys of elements [offset, offset + n) of the tensor, eligible their keep flags (or
+  // nullptr: all eligible). Keys are computed a block at a time in a branch-free loop that the
+  // compiler vectorises. Sets *saw_nan if a NaN was read.
   template <typename Fn>
-  void for_each(const Chunk& c, Fn&& fn) const {
+  void for_each_block(const Chunk& c, Fn&& fn, bool* saw_nan = nullptr) const {
     const at::Tensor& v = values_[c.tensor];
     const bool* keep = keep_.empty() ? nullptr : keep_[c.tensor].const_data_ptr<bool>();
+    const bool magnitude = magnitude_;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, v.scalar_type(), "select_smallest", [&] {
       const scalar_t* x = v.const_data_ptr<scalar_t>();
-      for (int64_t j = c.begin; j < c.end; ++j) {
-        const float f = static_cast<float>(x[j]);
-        fn(f, keep == nullptr || keep[j]);
+      alignas(64) uint32_t keys[kBlock];
+      for (int64_t b = c.begin; b < c.end; b += kBlock) {
+        const int64_t n = std::min(kBlock, c.end - b);
+        bool nan = false;
+        for (int64_t i = 0; i < n; ++i) {
+          const float f = static_cast<float>(x[b + i]);
+          nan |= (f != f);
+          keys[i] = order_key(f, magnitude);
+        }
+        if (nan && saw_nan) *saw_nan = true;
+        fn(keys, keep ? keep + b : nullptr, n, b);
       }
     });
   }
@@ -68,10 +81,8 @@ class Selection {
   std::vector<int64_t> histogram(int shift, int64_t prefix, bool check_nan) const {
     constexpr int kCopies = 4;
     const int tasks = std::max(1, std::min<int>(at::get_num_threads(), chunks_.size()));
-    std::vector<int64_t> total(kBins, 0);
     std::vector<std::vector<int64_t>> merged(tasks);
     std::vector<int64_t> nan_at(tasks, -1);
-    const bool magnitude = magnitude_;
     at::parallel_for(0, tasks, 1, [&](int64_t t0, int64_t t1) {
       std::vector<uint32_t> h(kCopies * kBins);
       for (int64_t t = t0; t < t1; ++t) {
@@ -80,19 +91,20 @@ class Selection {
         sums.assign(kBins, 0);
         int64_t pending = 0;  // counts since the last flush: keep every uint32 below 2^32
         auto flush = [&] {
-          for (int c = 0; c < kCopies; ++c)
-            for (int b = 0; b < kBins; ++b) sums[b] += h[c * kBins + b];
+          for (int copy = 0; copy < kCopies; ++copy)
+            for (int b = 0; b < kBins; ++b) sums[b] += h[copy * kBins + b];
           std::fill(h.begin(), h.end(), 0u);
           pending = 0;
         };
         for (size_t c = t; c < chunks_.size(); c += tasks) {
-          uint32_t lane = 0;
-          for_each(chunks_[c], [&](float f, bool eligible) {
-            if (check_nan && std::isnan(f)) nan_at[t] = chunks_[c].tensor;
-            const uint32_t key = order_key(f, magnitude);
-            if (!eligible || (prefix >= 0 && static_cast<int64_t>(key >> 16) != prefix)) return;
-            ++h[(lane++ & (kCopies - 1)) * kBins + ((key >> shift) & 0xffffu)];
-          });
+          bool nan = false;
+          for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t) {
+            for (int64_t i = 0; i < n; ++i) {
+              if ((eligible && !eligible[i]) || (prefix >= 0 && (keys[i] >> 16) != prefix)) continue;
+              ++h[(i & (kCopies - 1)) * kBins + ((keys[i] >> shift) & 0xffffu)];
+            }
+          }, check_nan ? &nan : nullptr);
+          if (nan) nan_at[t] = chunks_[c].tensor;
           if ((pending += kChunk) > (int64_t{1} << 31)) flush();
         }
         flush();
@@ -100,6 +112,7 @@ class Selection {
     });
     for (int64_t t = 0; t < tasks; ++t)
       SD_CHECK_ARG(nan_at[t] < 0, "tensors[", nan_at[t], "] (or its scores) holds NaN: magnitudes must be comparable");
+    std::vector<int64_t> total(kBins, 0);
     for (const auto& sums : merged)
       for (int b = 0; b < kBins; ++b) total[b] += sums[b];
     return total;
@@ -136,11 +149,11 @@ class Selection {
     std::vector<int64_t> ties_before(chunks_.size() + 1, 0);
     at::parallel_for(0, chunks_.size(), 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        int64_t n = 0;
-        for_each(chunks_[c], [&](float f, bool eligible) {
-          n += eligible && order_key(f, magnitude_) == threshold;
+        int64_t ties = 0;
+        for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t) {
+          for (int64_t i = 0; i < n; ++i) ties += (!eligible || eligible[i]) && keys[i] == threshold;
         });
-        ties_before[c + 1] = n;
+        ties_before[c + 1] = ties;
       }
     });
     for (size_t c = 0; c < chunks_.size(); ++c) ties_before[c + 1] += ties_before[c];
@@ -153,16 +166,21 @@ class Selection {
   // the position of a tie among all eligible ties (ties_before[c] gives those before chunk c).
   void write_masks(std::vector<at::Tensor>& out, uint32_t threshold, int64_t need,
                    const std::vector<int64_t>* ties_before) const {
-    const bool magnitude = magnitude_;  // a local: the bool stores below cannot alias it
     at::parallel_for(0, chunks_.size(), 1, [&](int64_t c0, int64_t c1) {
       for (int64_t c = c0; c < c1; ++c) {
-        bool* m = out[chunks_[c].tensor].mutable_data_ptr<bool>() + chunks_[c].begin;
+        bool* m = out[chunks_[c].tensor].mutable_data_ptr<bool>();
         int64_t rank = ties_before ? (*ties_before)[c] : 0;
-        for_each(chunks_[c], [&](float f, bool eligible) {
-          const uint32_t key = order_key(f, magnitude);
-          const bool tie = eligible && key == threshold;
-          *m++ = eligible && (key > threshold || (tie && rank >= need));
-          rank += tie;
+        for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t off) {
+          if (ties_before == nullptr) {  // no tie survives: a plain (vectorised) comparison
+            for (int64_t i = 0; i < n; ++i) m[off + i] = (!eligible || eligible[i]) && keys[i] > threshold;
+            return;
+          }
+          for (int64_t i = 0; i < n; ++i) {
+            const bool ok = !eligible || eligible[i];
+            const bool tie = ok && keys[i] == threshold;
+            m[off + i] = ok && (keys[i] > threshold || (tie && rank >= need));
+            rank += tie;
+          }
         });
       }
     });
