@@ -13,7 +13,17 @@ load_native()
 
 from .distill import DistillationLoss, distillation_loss  # noqa: E402
 from .pruning import global_magnitude_masks, magnitude_mask, magnitude_prune_  # noqa: E402
+from .structured import (  # noqa: E402
+    CubicSparsitySchedule, channel_norms, cubic_sparsity_schedule, group_norms, nm_mask,
+    shrink_conv_pair, shrink_linear_pair, shrink_mlp_, structured_mask, to_semi_structured,
+)
 
 __version__ = "0.1.0"
-__all__ = ["distillation_loss", "DistillationLoss", "magnitude_mask", "magnitude_prune_",
-           "global_magnitude_masks", "backend_info", "__version__"]
+__all__ = [
+    "distillation_loss", "DistillationLoss",
+    "magnitude_mask", "magnitude_prune_", "global_magnitude_masks",
+    "nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
+    "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_",
+    "cubic_sparsity_schedule", "CubicSparsitySchedule",
+    "backend_info", "__version__",
+]
