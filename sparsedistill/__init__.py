@@ -12,6 +12,7 @@ from ._backend import backend_info, load_native
 load_native()
 
 from .distill import DistillationLoss, distillation_loss  # noqa: E402
+from . import prune  # noqa: E402  (drop-in for torch.nn.utils.prune)
 from .pruning import global_magnitude_masks, magnitude_mask, magnitude_prune_  # noqa: E402
 from .structured import (  # noqa: E402
     CubicSparsitySchedule, channel_norms, cubic_sparsity_schedule, group_norms, nm_mask,
@@ -25,5 +26,5 @@ __all__ = [
     "nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
     "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_",
     "cubic_sparsity_schedule", "CubicSparsitySchedule",
-    "backend_info", "__version__",
+    "prune", "backend_info", "__version__",
 ]
