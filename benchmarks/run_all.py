@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCHMARKS = ["bench_distill.py"]  # later: pruning, sparse matmul, ... (same command-line args)
+BENCHMARKS = ["bench_distill.py", "bench_prune.py"]  # later: pruning, sparse matmul, ... (same command-line args)
 
 
 def main(argv: list[str] | None = None) -> int:
