@@ -139,11 +139,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_via_floa
 
 namespace sparsedistill {
 
-inline void check_scale_rows_args(const at::Tensor& grad, const at::Tensor& row_scale) {
+// Checks the arguments of scale_rows_; float64 gradients (no native kernel) are scaled here.
+// Returns true when nothing is left for the native kernel to do.
+inline bool scale_rows_checked_or_done(at::Tensor& grad, const at::Tensor& row_scale) {
   SD_CHECK_ARG(grad.dim() == 2 && grad.is_contiguous(), "grad must be a contiguous (N, V) tensor");
   SD_CHECK_ARG(row_scale.dim() == 1 && row_scale.size(0) == grad.size(0) &&
                    row_scale.scalar_type() == at::kFloat && row_scale.device() == grad.device(),
                "row_scale must be float32 of shape (", grad.size(0), ") on the device of grad");
+  if (grad.scalar_type() != at::kDouble) return false;
+  grad.mul_(row_scale.unsqueeze(-1));
+  return true;
 }
 
 }  // namespace sparsedistill

@@ -403,11 +403,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cpu(
 
 // grad[r, :] *= row_scale[r], skipping rows whose scale is exactly 1.
 void scale_rows_cpu(at::Tensor& grad, const at::Tensor& row_scale) {
-  check_scale_rows_args(grad, row_scale);
-  if (grad.scalar_type() == at::kDouble) {
-    grad.mul_(row_scale.unsqueeze(-1));
-    return;
-  }
+  if (scale_rows_checked_or_done(grad, row_scale)) return;
   const at::Tensor scale = row_scale.contiguous();
   const float* sp = scale.const_data_ptr<float>();
   const int64_t V = grad.size(1);

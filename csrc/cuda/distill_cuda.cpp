@@ -49,11 +49,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cuda(
 }
 
 void scale_rows_cuda(at::Tensor& grad, const at::Tensor& row_scale) {
-  check_scale_rows_args(grad, row_scale);
-  if (grad.scalar_type() == at::kDouble) {
-    grad.mul_(row_scale.unsqueeze(-1));
-    return;
-  }
+  if (scale_rows_checked_or_done(grad, row_scale)) return;
   const c10::cuda::CUDAGuard guard(grad.device());
   const at::Tensor scale = row_scale.contiguous();
   const cudaError_t err =
