@@ -25,13 +25,21 @@ constexpr int kBins = 1 << 16;
 constexpr int64_t kBlock = 1024;     // keys computed at a time (4 KiB, stays in L1)
 
 // Order-preserving 32-bit key of a float (of |x| when magnitude); -0 and +0 are equal.
-// Branch-free, so the passes vectorise: negatives flip every bit, the rest set the sign bit.
-inline uint32_t order_key(float x, bool magnitude) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  u &= magnitude ? 0x7fffffffu : 0xffffffffu;
+// The key of float bits u (sign already cleared for magnitudes). Branch-free, so the passes
+// vectorise: negatives flip every bit, the rest set the sign bit; -0 becomes +0.
+inline uint32_t order_bits(uint32_t u) {
   u = (u & 0x7fffffffu) == 0 ? 0u : u;
   return u ^ ((0u - (u >> 31)) | 0x80000000u);
+}
+
+inline uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return u;
+}
+
+inline uint32_t order_key(float x, bool magnitude) {
+  return order_bits(float_bits(x) & (magnitude ? 0x7fffffffu : 0xffffffffu));
 }
 
 // One contiguous range of one tensor.
@@ -62,11 +70,12 @@ class Selection {
       alignas(64) uint32_t keys[kBlock];
       for (int64_t b = c.begin; b < c.end; b += kBlock) {
         const int64_t n = std::min(kBlock, c.end - b);
-        bool nan = false;
+        const uint32_t sign_mask = magnitude ? 0x7fffffffu : 0xffffffffu;
+        uint32_t nan = 0;  // integer OR, which vectorises (a bool |= of float compares did not)
         for (int64_t i = 0; i < n; ++i) {
-          const float f = static_cast<float>(x[b + i]);
-          nan |= (f != f);
-          keys[i] = order_key(f, magnitude);
+          const uint32_t u = float_bits(static_cast<float>(x[b + i]));
+          nan |= static_cast<uint32_t>((u & 0x7fffffffu) > 0x7f800000u);
+          keys[i] = order_bits(u & sign_mask);
         }
         if (nan && saw_nan) *saw_nan = true;
         fn(keys, keep ? keep + b : nullptr, n, b);
@@ -151,7 +160,11 @@ class Selection {
       for (int64_t c = c0; c < c1; ++c) {
         int64_t ties = 0;
         for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t) {
-          for (int64_t i = 0; i < n; ++i) ties += (!eligible || eligible[i]) && keys[i] == threshold;
+          if (eligible == nullptr) {
+            for (int64_t i = 0; i < n; ++i) ties += keys[i] == threshold;
+          } else {
+            for (int64_t i = 0; i < n; ++i) ties += eligible[i] & (keys[i] == threshold);
+          }
         });
         ties_before[c + 1] = ties;
       }
@@ -171,8 +184,12 @@ class Selection {
         bool* m = out[chunks_[c].tensor].mutable_data_ptr<bool>();
         int64_t rank = ties_before ? (*ties_before)[c] : 0;
         for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t off) {
-          if (ties_before == nullptr) {  // no tie survives: a plain (vectorised) comparison
-            for (int64_t i = 0; i < n; ++i) m[off + i] = (!eligible || eligible[i]) && keys[i] > threshold;
+          if (ties_before == nullptr && eligible == nullptr) {  // plain, vectorised comparisons
+            for (int64_t i = 0; i < n; ++i) m[off + i] = keys[i] > threshold;
+            return;
+          }
+          if (ties_before == nullptr) {
+            for (int64_t i = 0; i < n; ++i) m[off + i] = eligible[i] & (keys[i] > threshold);
             return;
           }
           for (int64_t i = 0; i < n; ++i) {
