@@ -193,7 +193,7 @@ def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30, reps: int = 20) -> f
     for _ in range(3):
         dst.copy_(src)
     ms = percentile(time_steps(lambda: dst.copy_(src), device, reps), 50)
-    del src, dst
+    src = dst = None  # free both before handing the memory back
     torch.cuda.empty_cache()
     return 2 * nbytes / (ms * 1e-3) / 1e9
 

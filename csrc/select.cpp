@@ -38,9 +38,6 @@ inline uint32_t float_bits(float x) {
   return u;
 }
 
-inline uint32_t order_key(float x, bool magnitude) {
-  return order_bits(float_bits(x) & (magnitude ? 0x7fffffffu : 0xffffffffu));
-}
 
 // One contiguous range of one tensor.
 struct Chunk {

@@ -471,12 +471,12 @@ cudaError_t launch_typed(const void* student, const void* teacher, const int64_t
 // grad[row, :] *= row_scale[row]; a block per row (grid-stride), skipped when the scale is 1.
 template <typename Elem>
 __global__ void scale_rows_kernel(Elem* __restrict__ grad, const float* __restrict__ row_scale,
-                                  int64_t rows, int V, bool vec_ok) {
+                                  int64_t rows, int V) {
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const float scale = row_scale[row];
     if (scale == 1.f) continue;  // the forward already folded this row's weight in
     Elem* g = grad + row * static_cast<int64_t>(V);
-    const int head = row_head(g, V, vec_ok);
+    const int head = row_head(g, V, /*vec_ok=*/true);  // one tensor: its head aligns it
     constexpr int kN = kVec<Elem>;
     const int nchunks = (V - head) / kN, tail = head + nchunks * kN;
     for (int j = threadIdx.x; j < head; j += blockDim.x) from_float(to_float(g[j]) * scale, g[j]);
@@ -494,10 +494,9 @@ __global__ void scale_rows_kernel(Elem* __restrict__ grad, const float* __restri
 template <typename Elem>
 cudaError_t launch_scale_rows_typed(void* grad, const float* row_scale, int64_t rows, int64_t vocab,
                                     cudaStream_t stream) {
-  const bool vec_ok = true;  // one tensor: the head computed per row aligns it
   const unsigned blocks = static_cast<unsigned>(rows < INT_MAX ? rows : INT_MAX);
   scale_rows_kernel<Elem><<<blocks, 256, 0, stream>>>(static_cast<Elem*>(grad), row_scale, rows,
-                                                      static_cast<int>(vocab), vec_ok);
+                                                      static_cast<int>(vocab));
   return cudaGetLastError();
 }
 
