@@ -12,7 +12,8 @@ import warnings
 
 import torch
 
-OPS = ("distill_loss", "scale_rows_", "select_smallest")
+OPS = ("distill_loss", "scale_rows_", "select_smallest", "sparse_linear",
+       "sparse_linear_grad_input", "sparse_linear_grad_values")
 DISABLE_ENV = "SPARSEDISTILL_DISABLE_NATIVE"
 
 _state = {"loaded": False, "reason": None, "config": {}}
