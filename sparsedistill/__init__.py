@@ -14,6 +14,8 @@ load_native()
 from .distill import DistillationLoss, distillation_loss  # noqa: E402
 from . import prune  # noqa: E402  (drop-in for torch.nn.utils.prune)
 from .pruning import global_magnitude_masks, magnitude_mask, magnitude_prune_  # noqa: E402
+from .sparse import SparseWeight, sparse_linear  # noqa: E402
+from .sparse_modules import SparseLinear, SparsifyReport, sparsify  # noqa: E402
 from .structured import (  # noqa: E402
     CubicSparsitySchedule, channel_norms, cubic_sparsity_schedule, group_norms, nm_mask,
     shrink_conv_pair, shrink_linear_pair, shrink_mlp_, structured_mask, to_semi_structured,
@@ -26,5 +28,6 @@ __all__ = [
     "nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
     "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_",
     "cubic_sparsity_schedule", "CubicSparsitySchedule",
+    "SparseWeight", "sparse_linear", "SparseLinear", "sparsify", "SparsifyReport",
     "prune", "backend_info", "__version__",
 ]

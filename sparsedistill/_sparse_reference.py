@@ -55,5 +55,5 @@ def sparse_linear_grad_values(grad_out, input, row_ptr, col_idx, row_order):
     acc = _acc_dtype(input.dtype)
     nnz = col_idx.numel()
     rows = _row_of_each_nonzero(row_ptr, nnz)
-    g, x = grad_out.to(acc), input.to(acc)
-    return (g[:, rows] * x[:, col_idx.long()]).sum(0).to(input.dtype)
+    dense_grad = grad_out.to(acc).T @ input.to(acc)  # (out, in): d(loss)/dW
+    return dense_grad[rows, col_idx.long()].to(input.dtype)

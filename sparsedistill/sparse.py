@@ -8,6 +8,7 @@ per row (row pointer and row order).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -99,8 +100,11 @@ class SparseWeight:
         return dense_weight(self.values.detach(), self.row_ptr, self.col_idx, self.in_features)
 
     def to_sparse_csr(self) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.row_ptr, self.col_idx.to(torch.int64),
-                                       self.values.detach(), size=self.shape)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(self.row_ptr, self.col_idx.to(torch.int64),
+                                           self.values.detach(), size=self.shape,
+                                           check_invariants=False)  # validate() checked them
 
     def to(self, *args, **kwargs) -> "SparseWeight":
         """Moves to a device and/or casts the values to a dtype (indices keep theirs)."""
@@ -155,3 +159,30 @@ def validate_structure(values, row_ptr, col_idx, row_order, in_features: int, na
     if not torch.equal(torch.sort(row_order.long()).values,
                        torch.arange(out_features, device=row_order.device)):
         raise ValueError(f"{name}.row_order must be a permutation of the {out_features} rows")
+
+
+def sparse_linear(input: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``input @ W.T + bias`` for a compressed weight, in nn.Linear's layout: input
+    (..., in_features) -> (..., out_features). Differentiable in input, weight.values and bias."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not isinstance(weight, SparseWeight):
+        raise TypeError(f"weight must be a sparsedistill.SparseWeight, got {type(weight).__name__}")
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"input must be floating point, got {input.dtype}")
+    if input.dim() < 1 or input.shape[-1] != weight.in_features:
+        raise ValueError(f"input must have in_features={weight.in_features} as its last dimension, "
+                         f"got shape {tuple(input.shape)}")
+    if input.dtype != weight.dtype:
+        raise TypeError(f"input must have the weight's dtype {weight.dtype}, got {input.dtype}")
+    if input.device != weight.device:
+        raise ValueError(f"input must be on the weight's device {weight.device}, got {input.device}")
+    if bias is not None and (bias.shape != (weight.out_features,) or bias.dtype != weight.dtype
+                             or bias.device != weight.device):
+        raise ValueError(f"bias must be a ({weight.out_features},) tensor of dtype {weight.dtype} on "
+                         f"{weight.device}, got {tuple(bias.shape)}, {bias.dtype}, {bias.device}")
+    lead = input.shape[:-1]
+    y = torch.ops.sparsedistill.sparse_linear(
+        input.reshape(-1, weight.in_features), weight.values, weight.row_ptr, weight.col_idx,
+        weight.row_order, weight.in_features, bias)
+    return y.reshape(*lead, weight.out_features)

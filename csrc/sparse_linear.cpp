@@ -1,0 +1,313 @@
+// C++ CPU kernels of sparsedistill::sparse_linear and the two products of its backward
+// (schemas in sparsedistill/_ops.py, weight layout in sparsedistill/_sparse_reference.py).
+//
+// y = x @ W.T for a CSR weight W (out, in). Two paths:
+// - one input row (B == 1, decoding): a gather-dot per weight row, y[r] = sum_j v_j x[c_j];
+//   x is 4 * in bytes and stays in L1/L2, so the weight stream (value + 2- or 4-byte index)
+//   is the only memory traffic.
+// - a batch (B > 1): x is transposed once into xT (in, B padded to the vector width), so each
+//   nonzero (r, c, v) adds v * xT[c, :] to a row of accumulators held in vector registers:
+//   contiguous loads vectorised over the batch, each nonzero read once per 128-column tile.
+// Rows are split between threads by nonzero count (plus a per-row cost), not by row count, so
+// threads finish together on unevenly pruned weights. Accumulation is float32 (float64 for
+// float64 weights); bfloat16/float16 values are widened as they are read.
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "common.h"
+#include "sparse_linear_checks.h"
+
+namespace sparsedistill {
+namespace {
+
+template <typename T> struct AccOf { using type = float; };
+template <> struct AccOf<double> { using type = double; };
+
+constexpr int64_t kRowCost = 4;  // a row's fixed cost (loop setup, one output) in nonzeros
+
+// parts + 1 row boundaries that split rows into ranges of about equal cost (nonzeros + kRowCost
+// per row); cost(r) = row_ptr[r] + kRowCost * r is increasing, so each boundary is a search.
+std::vector<int64_t> balanced_row_splits(const int64_t* row_ptr, int64_t rows, int64_t parts) {
+  const auto cost = [&](int64_t r) { return row_ptr[r] + kRowCost * r; };
+  const int64_t total = cost(rows);
+  std::vector<int64_t> splits(parts + 1, rows);
+  splits[0] = 0;
+  for (int64_t p = 1; p < parts; ++p) {
+    const int64_t target = total / parts * p + total % parts * p / parts;
+    int64_t lo = splits[p - 1], hi = rows;  // first r with cost(r) >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (cost(mid) < target) lo = mid + 1; else hi = mid;
+    }
+    splits[p] = lo;
+  }
+  return splits;
+}
+
+// Runs fn(r0, r1) over row ranges of about equal cost, in parallel.
+template <typename Fn>
+void parallel_over_rows(const int64_t* row_ptr, int64_t rows, Fn&& fn) {
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(rows, 8 * at::get_num_threads()));
+  const auto splits = balanced_row_splits(row_ptr, rows, parts);
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p)
+      if (splits[p] < splits[p + 1]) fn(splits[p], splits[p + 1]);
+  });
+}
+
+// x (B, n) in scalar_t -> xT (n, Bp) in acc_t, zero-padded columns [B, Bp).
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> transpose_padded(const scalar_t* x, int64_t B, int64_t n, int64_t Bp) {
+  std::vector<acc_t> xt(static_cast<size_t>(n * Bp));
+  constexpr int64_t kCols = 64;
+  at::parallel_for(0, n, kCols, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) std::fill_n(xt.data() + c * Bp + B, Bp - B, acc_t(0));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = c0; c < c1; ++c) xt[c * Bp + b] = static_cast<acc_t>(x[b * n + c]);
+  });
+  return xt;
+}
+
+// The column-tile widths of the batch path, in vectors: 8, then 4, 2, 1 for the remainder.
+template <typename Fn>
+void for_each_tile(int64_t vectors, Fn&& fn) {
+  int64_t v0 = 0;
+  for (int64_t width : {8, 4, 2, 1})
+    for (; vectors - v0 >= width; v0 += width) fn(v0, width);
+}
+
+template <int kWidth, typename Fn>
+void with_width(int64_t width, Fn&& fn) {
+  switch (width) {
+    case 8: fn(std::integral_constant<int, 8>()); break;
+    case 4: fn(std::integral_constant<int, 4>()); break;
+    case 2: fn(std::integral_constant<int, 2>()); break;
+    default: fn(std::integral_constant<int, 1>()); break;
+  }
+}
+
+template <typename scalar_t, typename index_t>
+struct Csr {
+  const scalar_t* values;
+  const int64_t* row_ptr;
+  const index_t* cols;
+  int64_t rows, in;
+};
+
+template <typename scalar_t, typename index_t>
+void forward_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* x, const scalar_t* bias,
+                    scalar_t* y, int64_t B) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t out = w.rows;
+  if (B == 1) {
+    std::vector<acc_t> x_acc;
+    const acc_t* xv = reinterpret_cast<const acc_t*>(x);
+    if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+      x_acc.assign(x, x + w.in);
+      xv = x_acc.data();
+    }
+    parallel_over_rows(w.row_ptr, out, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t j0 = w.row_ptr[r], j1 = w.row_ptr[r + 1];
+        acc_t s[4] = {0, 0, 0, 0};  // four chains hide the FMA latency
+        int64_t j = j0;
+        for (; j + 4 <= j1; j += 4)
+          for (int u = 0; u < 4; ++u)
+            s[u] += static_cast<acc_t>(w.values[j + u]) * xv[w.cols[j + u]];
+        for (; j < j1; ++j) s[0] += static_cast<acc_t>(w.values[j]) * xv[w.cols[j]];
+        acc_t sum = (s[0] + s[1]) + (s[2] + s[3]);
+        if (bias) sum += static_cast<acc_t>(bias[r]);
+        y[r] = static_cast<scalar_t>(sum);
+      }
+    });
+    return;
+  }
+  const int64_t vectors = (B + Vec::size() - 1) / Vec::size(), Bp = vectors * Vec::size();
+  const std::vector<acc_t> xt = transpose_padded<scalar_t, acc_t>(x, B, w.in, Bp);
+  parallel_over_rows(w.row_ptr, out, [&](int64_t r0, int64_t r1) {
+    alignas(64) acc_t tile[8 * Vec::size()];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t j0 = w.row_ptr[r], j1 = w.row_ptr[r + 1];
+      const acc_t b_r = bias ? static_cast<acc_t>(bias[r]) : acc_t(0);
+      for_each_tile(vectors, [&](int64_t v0, int64_t width) {
+        with_width<8>(width, [&](auto kw) {
+          constexpr int W = decltype(kw)::value;
+          Vec acc[W];
+          for (int v = 0; v < W; ++v) acc[v] = Vec(acc_t(0));
+          const acc_t* base = xt.data() + v0 * Vec::size();
+          for (int64_t j = j0; j < j1; ++j) {
+            const Vec wv(static_cast<acc_t>(w.values[j]));
+            const acc_t* xr = base + static_cast<int64_t>(w.cols[j]) * Bp;
+            for (int v = 0; v < W; ++v)
+              acc[v] = at::vec::fmadd(wv, Vec::loadu(xr + v * Vec::size()), acc[v]);
+          }
+          for (int v = 0; v < W; ++v) acc[v].store(tile + v * Vec::size());
+          const int64_t b0 = v0 * Vec::size(), b1 = std::min(B, b0 + W * Vec::size());
+          for (int64_t b = b0; b < b1; ++b) y[b * out + r] = static_cast<scalar_t>(tile[b - b0] + b_r);
+        });
+      });
+    }
+  });
+}
+
+// grad_values[j] = sum_b gy[b, r] * x[b, c_j] for the nonzero j = (r, c_j).
+template <typename scalar_t, typename index_t>
+void grad_values_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* gy, const scalar_t* x,
+                        scalar_t* gv, int64_t B) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t vectors = (B + Vec::size() - 1) / Vec::size(), Bp = vectors * Vec::size();
+  const std::vector<acc_t> xt = transpose_padded<scalar_t, acc_t>(x, B, w.in, Bp);
+  const std::vector<acc_t> gyt = transpose_padded<scalar_t, acc_t>(gy, B, w.rows, Bp);
+  parallel_over_rows(w.row_ptr, w.rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const acc_t* g = gyt.data() + r * Bp;
+      for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) {
+        const acc_t* xr = xt.data() + static_cast<int64_t>(w.cols[j]) * Bp;
+        Vec acc(acc_t(0));
+        for (int64_t b = 0; b < Bp; b += Vec::size())
+          acc = at::vec::fmadd(Vec::loadu(g + b), Vec::loadu(xr + b), acc);
+        alignas(64) acc_t lanes[Vec::size()];
+        acc.store(lanes);
+        acc_t sum = 0;
+        for (int l = 0; l < Vec::size(); ++l) sum += lanes[l];
+        gv[j] = static_cast<scalar_t>(sum);
+      }
+    }
+  });
+}
+
+// grad_input (B, in) = gy (B, out) @ W: each row range scatters v * gyT[r, :] into its own
+// xT-shaped accumulator (no atomics, deterministic), and the accumulators are summed.
+template <typename scalar_t, typename index_t>
+void grad_input_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* gy, scalar_t* gx,
+                       int64_t B) {
+  using acc_t = typename AccOf<scalar_t>::type;
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t Bp = B == 1 ? 1 : (B + Vec::size() - 1) / Vec::size() * Vec::size();
+  const std::vector<acc_t> gyt = transpose_padded<scalar_t, acc_t>(gy, B, w.rows, Bp);
+  // One accumulator per part; at most 256 MiB of them, and never more parts than threads.
+  const int64_t part_bytes = std::max<int64_t>(1, w.in * Bp * static_cast<int64_t>(sizeof(acc_t)));
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(
+      {at::get_num_threads(), (int64_t{256} << 20) / part_bytes, std::max<int64_t>(w.rows, 1)}));
+  const auto splits = balanced_row_splits(w.row_ptr, w.rows, parts);
+  std::vector<acc_t> accs(static_cast<size_t>(parts * w.in * Bp), acc_t(0));
+  at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      acc_t* acc = accs.data() + p * w.in * Bp;
+      for (int64_t r = splits[p]; r < splits[p + 1]; ++r) {
+        const acc_t* g = gyt.data() + r * Bp;
+        for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) {
+          acc_t* dst = acc + static_cast<int64_t>(w.cols[j]) * Bp;
+          const acc_t v = static_cast<acc_t>(w.values[j]);
+          if (Bp == 1) {
+            dst[0] += v * g[0];
+            continue;
+          }
+          const Vec wv(v);
+          for (int64_t b = 0; b < Bp; b += Vec::size())
+            at::vec::fmadd(wv, Vec::loadu(g + b), Vec::loadu(dst + b)).store(dst + b);
+        }
+      }
+    }
+  });
+  // Sum the parts and write (B, in), in column blocks.
+  at::parallel_for(0, w.in, 256, [&](int64_t c0, int64_t c1) {
+    for (int64_t p = 1; p < parts; ++p) {
+      const acc_t* src = accs.data() + p * w.in * Bp;
+      for (int64_t i = c0 * Bp; i < c1 * Bp; ++i) accs[i] += src[i];
+    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = c0; c < c1; ++c) gx[b * w.in + c] = static_cast<scalar_t>(accs[c * Bp + b]);
+  });
+}
+
+template <typename Fn>
+void dispatch_weight(const at::Tensor& values, const at::Tensor& col_idx, Fn&& fn) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, values.scalar_type(), "sparse_linear", [&] {
+    if (col_idx.scalar_type() == at::kShort) fn(scalar_t(), int16_t());
+    else fn(scalar_t(), int32_t());
+  });
+}
+
+template <typename scalar_t, typename index_t>
+Csr<scalar_t, index_t> csr_of(const SparseLinearShape& s, const at::Tensor& values,
+                              const at::Tensor& row_ptr, const at::Tensor& col_idx) {
+  return {values.const_data_ptr<scalar_t>(), row_ptr.const_data_ptr<int64_t>(),
+          col_idx.const_data_ptr<index_t>(), s.out, s.in};
+}
+
+at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
+                             const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                             const at::Tensor& row_order, int64_t in_features,
+                             const std::optional<at::Tensor>& bias) {
+  const SparseLinearShape s =
+      check_sparse_linear_args(input, values, row_ptr, col_idx, row_order, in_features, bias);
+  const at::Tensor x = input.contiguous(), v = values.contiguous(), rp = row_ptr.contiguous(),
+                   ci = col_idx.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
+  at::Tensor y = at::empty({s.batch, s.out}, x.options());
+  if (y.numel() == 0) return y;
+  dispatch_weight(v, ci, [&](auto scalar, auto index) {
+    using scalar_t = decltype(scalar);
+    using index_t = decltype(index);
+    forward_kernel(csr_of<scalar_t, index_t>(s, v, rp, ci), x.const_data_ptr<scalar_t>(),
+                   b.defined() ? b.const_data_ptr<scalar_t>() : nullptr,
+                   y.mutable_data_ptr<scalar_t>(), s.batch);
+  });
+  return y;
+}
+
+at::Tensor sparse_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& values,
+                                        const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                        const at::Tensor& row_order, int64_t in_features) {
+  const SparseLinearShape s = check_sparse_linear_grad_input_args(
+      grad_out, values, row_ptr, col_idx, row_order, in_features);
+  const at::Tensor g = grad_out.contiguous(), v = values.contiguous(), rp = row_ptr.contiguous(),
+                   ci = col_idx.contiguous();
+  at::Tensor gx = at::empty({s.batch, s.in}, g.options());
+  if (gx.numel() == 0) return gx;
+  dispatch_weight(v, ci, [&](auto scalar, auto index) {
+    using scalar_t = decltype(scalar);
+    using index_t = decltype(index);
+    grad_input_kernel(csr_of<scalar_t, index_t>(s, v, rp, ci), g.const_data_ptr<scalar_t>(),
+                      gx.mutable_data_ptr<scalar_t>(), s.batch);
+  });
+  return gx;
+}
+
+at::Tensor sparse_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& input,
+                                         const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                                         const at::Tensor& row_order) {
+  const SparseLinearShape s = check_sparse_linear_grad_values_args(
+      grad_out, input, row_ptr, col_idx, row_order);
+  const at::Tensor g = grad_out.contiguous(), x = input.contiguous(), rp = row_ptr.contiguous(),
+                   ci = col_idx.contiguous();
+  at::Tensor gv = at::empty({s.nnz}, x.options());
+  if (gv.numel() == 0) return gv;
+  if (s.batch == 0) return gv.zero_();
+  dispatch_weight(gv, ci, [&](auto scalar, auto index) {
+    using scalar_t = decltype(scalar);
+    using index_t = decltype(index);
+    const Csr<scalar_t, index_t> w{nullptr, rp.const_data_ptr<int64_t>(),
+                                   ci.const_data_ptr<index_t>(), s.out, s.in};
+    grad_values_kernel(w, g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
+                       gv.mutable_data_ptr<scalar_t>(), s.batch);
+  });
+  return gv;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) {
+  m.impl("sparse_linear", &sparse_linear_cpu);
+  m.impl("sparse_linear_grad_input", &sparse_linear_grad_input_cpu);
+  m.impl("sparse_linear_grad_values", &sparse_linear_grad_values_cpu);
+}
+
+}  // namespace sparsedistill
