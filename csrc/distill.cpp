@@ -25,6 +25,7 @@
 #endif
 
 #include "common.h"
+#include "cpu_memory.h"
 
 // The build asked for a vector ISA: fail to compile rather than silently build scalar code.
 #if defined(SPARSEDISTILL_EXPECT_AVX512) && !defined(CPU_CAPABILITY_AVX512)
@@ -335,19 +336,9 @@ class DistillRow {
 };
 
 // The gradient is a fresh logits-sized buffer that the kernel fills once. Faulting it in 4 KiB
-// pages costs about as much as the arithmetic of a large batch; ask Linux for 2 MiB pages
-// (transparent huge pages, where enabled in "madvise" or "always" mode). Advisory only.
+// pages costs about as much as the arithmetic of a large batch: ask for 2 MiB pages.
 void advise_huge_pages(const at::Tensor& buffer) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
-  if (buffer.nbytes() < 2 * kHuge) return;
-  const auto begin = reinterpret_cast<uintptr_t>(buffer.const_data_ptr());
-  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t last = (begin + buffer.nbytes()) & ~(kHuge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
-#else
-  (void)buffer;
-#endif
+  if (buffer.nbytes() >= 2 * kHugePage) sparsedistill::advise_huge_pages(buffer.const_data_ptr(), buffer.nbytes());
 }
 
 template <typename scalar_t>

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common.h"
+#include "cpu_memory.h"
 #include "sparse_linear_checks.h"
 
 namespace sparsedistill {
@@ -72,21 +73,80 @@ std::vector<acc_t> transpose_padded(const scalar_t* x, int64_t B, int64_t n, int
   return xt;
 }
 
-// The column-tile widths of the batch path, in vectors: 8, then 4, 2, 1 for the remainder.
-template <typename Fn>
-void for_each_tile(int64_t vectors, Fn&& fn) {
-  int64_t v0 = 0;
-  for (int64_t width : {8, 4, 2, 1})
-    for (; vectors - v0 >= width; v0 += width) fn(v0, width);
+// The batch path's input, transposed into tiles: tile t holds batch columns
+// [t * width, (t + 1) * width) of every input feature as a contiguous (in, width) block, so
+// that a tile (at most kTileBytes) stays in L2 while the weight rows stream past it.
+constexpr int64_t kTileBytes = int64_t{1} << 20;
+
+template <typename acc_t>
+struct BatchTiles {
+  BatchTiles(int64_t vectors, int64_t width, int64_t count, int64_t in)
+      : data(static_cast<size_t>(count * in * width)), vectors(vectors), width(width), count(count), in(in) {}
+  HugePageArray<acc_t> data;  // read at random rows: huge pages keep the TLB from thrashing
+  int64_t vectors, width, count, in;  // vectors per tile, width = vectors * lanes
+  const acc_t* tile(int64_t t) const { return data.data() + t * in * width; }
+};
+
+template <typename scalar_t, typename acc_t>
+BatchTiles<acc_t> make_batch_tiles(const scalar_t* x, int64_t B, int64_t in) {
+  constexpr int64_t lanes = at::vec::Vectorized<acc_t>::size();
+  const int64_t needed = (B + lanes - 1) / lanes;
+  int64_t vectors = 1;
+  while (vectors < 8 && vectors < needed &&
+         2 * vectors * lanes * in * static_cast<int64_t>(sizeof(acc_t)) <= kTileBytes)
+    vectors *= 2;
+  const int64_t width = vectors * lanes;
+  BatchTiles<acc_t> t(vectors, width, (B + width - 1) / width, in);
+  at::parallel_for(0, in, 64, [&](int64_t c0, int64_t c1) {
+    for (int64_t tile = 0; tile < t.count; ++tile) {
+      acc_t* dst = t.data.data() + tile * in * t.width;
+      const int64_t b0 = tile * t.width, b1 = std::min(B, b0 + t.width);
+      for (int64_t c = c0; c < c1; ++c) std::fill_n(dst + c * t.width, t.width, acc_t(0));
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t c = c0; c < c1; ++c) dst[c * t.width + b - b0] = static_cast<acc_t>(x[b * in + c]);
+    }
+  });
+  return t;
 }
 
-template <int kWidth, typename Fn>
-void with_width(int64_t width, Fn&& fn) {
-  switch (width) {
+template <typename Fn>
+void with_vectors(int64_t vectors, Fn&& fn) {
+  switch (vectors) {
     case 8: fn(std::integral_constant<int, 8>()); break;
     case 4: fn(std::integral_constant<int, 4>()); break;
     case 2: fn(std::integral_constant<int, 2>()); break;
     default: fn(std::integral_constant<int, 1>()); break;
+  }
+}
+
+// out[0, W * lanes) = sum over the nonzeros j of row [j0, j1) of v_j * tile[c_j, :]. U nonzeros
+// are in flight at a time in separate accumulators, so a narrow tile is not bound by the
+// latency of one FMA chain.
+template <int W, typename scalar_t, typename index_t, typename acc_t>
+inline void row_times_tile(const scalar_t* values, const index_t* cols, int64_t j0, int64_t j1,
+                           const acc_t* tile, acc_t* out) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int U = W >= 8 ? 1 : 8 / W;
+  constexpr int64_t stride = W * Vec::size();
+  Vec acc[U][W];
+  for (int u = 0; u < U; ++u)
+    for (int v = 0; v < W; ++v) acc[u][v] = Vec(acc_t(0));
+  int64_t j = j0;
+  for (; j + U <= j1; j += U)
+    for (int u = 0; u < U; ++u) {
+      const Vec wv(static_cast<acc_t>(values[j + u]));
+      const acc_t* xr = tile + static_cast<int64_t>(cols[j + u]) * stride;
+      for (int v = 0; v < W; ++v) acc[u][v] = at::vec::fmadd(wv, Vec::loadu(xr + v * Vec::size()), acc[u][v]);
+    }
+  for (; j < j1; ++j) {
+    const Vec wv(static_cast<acc_t>(values[j]));
+    const acc_t* xr = tile + static_cast<int64_t>(cols[j]) * stride;
+    for (int v = 0; v < W; ++v) acc[0][v] = at::vec::fmadd(wv, Vec::loadu(xr + v * Vec::size()), acc[0][v]);
+  }
+  for (int v = 0; v < W; ++v) {
+    Vec sum = acc[0][v];
+    for (int u = 1; u < U; ++u) sum = sum + acc[u][v];
+    sum.store(out + v * Vec::size());
   }
 }
 
@@ -127,31 +187,20 @@ void forward_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* x, const sc
     });
     return;
   }
-  const int64_t vectors = (B + Vec::size() - 1) / Vec::size(), Bp = vectors * Vec::size();
-  const std::vector<acc_t> xt = transpose_padded<scalar_t, acc_t>(x, B, w.in, Bp);
-  parallel_over_rows(w.row_ptr, out, [&](int64_t r0, int64_t r1) {
-    alignas(64) acc_t tile[8 * Vec::size()];
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t j0 = w.row_ptr[r], j1 = w.row_ptr[r + 1];
-      const acc_t b_r = bias ? static_cast<acc_t>(bias[r]) : acc_t(0);
-      for_each_tile(vectors, [&](int64_t v0, int64_t width) {
-        with_width<8>(width, [&](auto kw) {
-          constexpr int W = decltype(kw)::value;
-          Vec acc[W];
-          for (int v = 0; v < W; ++v) acc[v] = Vec(acc_t(0));
-          const acc_t* base = xt.data() + v0 * Vec::size();
-          for (int64_t j = j0; j < j1; ++j) {
-            const Vec wv(static_cast<acc_t>(w.values[j]));
-            const acc_t* xr = base + static_cast<int64_t>(w.cols[j]) * Bp;
-            for (int v = 0; v < W; ++v)
-              acc[v] = at::vec::fmadd(wv, Vec::loadu(xr + v * Vec::size()), acc[v]);
-          }
-          for (int v = 0; v < W; ++v) acc[v].store(tile + v * Vec::size());
-          const int64_t b0 = v0 * Vec::size(), b1 = std::min(B, b0 + W * Vec::size());
-          for (int64_t b = b0; b < b1; ++b) y[b * out + r] = static_cast<scalar_t>(tile[b - b0] + b_r);
-        });
-      });
-    }
+  const BatchTiles<acc_t> tiles = make_batch_tiles<scalar_t, acc_t>(x, B, w.in);
+  with_vectors(tiles.vectors, [&](auto kv) {
+    constexpr int W = decltype(kv)::value;
+    parallel_over_rows(w.row_ptr, out, [&](int64_t r0, int64_t r1) {
+      alignas(64) acc_t sums[W * Vec::size()];
+      for (int64_t t = 0; t < tiles.count; ++t) {  // a tile at a time: it stays in L2
+        const int64_t b0 = t * tiles.width, b1 = std::min(B, b0 + tiles.width);
+        for (int64_t r = r0; r < r1; ++r) {
+          row_times_tile<W>(w.values, w.cols, w.row_ptr[r], w.row_ptr[r + 1], tiles.tile(t), sums);
+          const acc_t b_r = bias ? static_cast<acc_t>(bias[r]) : acc_t(0);
+          for (int64_t b = b0; b < b1; ++b) y[b * out + r] = static_cast<scalar_t>(sums[b - b0] + b_r);
+        }
+      }
+    });
   });
 }
 
