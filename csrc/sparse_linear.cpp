@@ -285,22 +285,22 @@ void dispatch_weight(const at::Tensor& values, const at::Tensor& col_idx, Fn&& f
 }
 
 template <typename scalar_t, typename index_t>
-Csr<scalar_t, index_t> csr_of(const SparseLinearShape& s, const at::Tensor& values,
+Csr<scalar_t, index_t> csr_of(const SparseLinearDims& s, const at::Tensor& values,
                               const at::Tensor& row_ptr, const at::Tensor& col_idx) {
   return {values.const_data_ptr<scalar_t>(), row_ptr.const_data_ptr<int64_t>(),
-          col_idx.const_data_ptr<index_t>(), s.out, s.in};
+          col_idx.const_data_ptr<index_t>(), s.out_features, s.in_features};
 }
 
 at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
                              const at::Tensor& row_ptr, const at::Tensor& col_idx,
                              const at::Tensor& row_order, int64_t in_features,
                              const std::optional<at::Tensor>& bias) {
-  const SparseLinearShape s =
+  const SparseLinearDims s =
       check_sparse_linear_args(input, values, row_ptr, col_idx, row_order, in_features, bias);
   const at::Tensor x = input.contiguous(), v = values.contiguous(), rp = row_ptr.contiguous(),
                    ci = col_idx.contiguous();
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  at::Tensor y = at::empty({s.batch, s.out}, x.options());
+  at::Tensor y = at::empty({s.batch, s.out_features}, x.options());
   if (y.numel() == 0) return y;
   dispatch_weight(v, ci, [&](auto scalar, auto index) {
     using scalar_t = decltype(scalar);
@@ -315,11 +315,11 @@ at::Tensor sparse_linear_cpu(const at::Tensor& input, const at::Tensor& values,
 at::Tensor sparse_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Tensor& values,
                                         const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                         const at::Tensor& row_order, int64_t in_features) {
-  const SparseLinearShape s = check_sparse_linear_grad_input_args(
+  const SparseLinearDims s = check_sparse_linear_grad_input_args(
       grad_out, values, row_ptr, col_idx, row_order, in_features);
   const at::Tensor g = grad_out.contiguous(), v = values.contiguous(), rp = row_ptr.contiguous(),
                    ci = col_idx.contiguous();
-  at::Tensor gx = at::empty({s.batch, s.in}, g.options());
+  at::Tensor gx = at::empty({s.batch, s.in_features}, g.options());
   if (gx.numel() == 0) return gx;
   dispatch_weight(v, ci, [&](auto scalar, auto index) {
     using scalar_t = decltype(scalar);
@@ -333,7 +333,7 @@ at::Tensor sparse_linear_grad_input_cpu(const at::Tensor& grad_out, const at::Te
 at::Tensor sparse_linear_grad_values_cpu(const at::Tensor& grad_out, const at::Tensor& input,
                                          const at::Tensor& row_ptr, const at::Tensor& col_idx,
                                          const at::Tensor& row_order) {
-  const SparseLinearShape s = check_sparse_linear_grad_values_args(
+  const SparseLinearDims s = check_sparse_linear_grad_values_args(
       grad_out, input, row_ptr, col_idx, row_order);
   const at::Tensor g = grad_out.contiguous(), x = input.contiguous(), rp = row_ptr.contiguous(),
                    ci = col_idx.contiguous();
@@ -344,7 +344,7 @@ at::Tensor sparse_linear_grad_values_cpu(const at::Tensor& grad_out, const at::T
     using scalar_t = decltype(scalar);
     using index_t = decltype(index);
     const Csr<scalar_t, index_t> w{nullptr, rp.const_data_ptr<int64_t>(),
-                                   ci.const_data_ptr<index_t>(), s.out, s.in};
+                                   ci.const_data_ptr<index_t>(), s.out_features, s.in_features};
     grad_values_kernel(w, g.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(),
                        gv.mutable_data_ptr<scalar_t>(), s.batch);
   });
