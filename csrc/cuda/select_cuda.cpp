@@ -9,19 +9,11 @@
 #include <vector>
 
 #include "../prune_checks.h"
+#include "prune_dtype_host.h"
 #include "select_kernel.h"
 
 namespace sparsedistill {
 namespace {
-
-PruneDType to_prune_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return PruneDType::kFloat32;
-    case at::kBFloat16: return PruneDType::kBFloat16;
-    case at::kHalf: return PruneDType::kFloat16;
-    default: return PruneDType::kFloat64;  // check_select_args admits nothing else
-  }
-}
 
 std::vector<at::Tensor> select_smallest_cuda(at::TensorList values,
                                              const std::optional<at::TensorList>& keep, int64_t k,

@@ -5,9 +5,9 @@
 
 #include <cuda_runtime.h>
 
-namespace sparsedistill {
+#include "prune_dtype.h"
 
-enum class PruneDType : int32_t { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 3 };
+namespace sparsedistill {
 
 // ---------------------------------------------------------------------------------------------
 // select_smallest. The elements of all tensors are cut into chunks of kSelectChunk (the last
