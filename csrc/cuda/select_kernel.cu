@@ -149,9 +149,9 @@ histogram_kernel(const SelectTensor* tensors, int64_t num_tensors, int64_t num_c
   for (int64_t c = blockIdx.x; c < num_chunks; c += gridDim.x) {
     begin_chunk(tensors, num_tensors, c, chunk);  // (its barrier also orders the zeroing above)
     const SelectTensor t = chunk.t;
-    const int64_t end = chunk.end;
+    const int64_t begin = chunk.begin, end = chunk.end;
     bool nan = false;
-    for (int64_t base = chunk.begin; base < end; base += blockDim.x) {  // block-uniform loop
+    for (int64_t base = begin; base < end; base += blockDim.x) {  // block-uniform loop
       const int64_t i = base + threadIdx.x;
       uint32_t bin = 0xffffffffu;  // not counted
       if (i < end) {
@@ -166,7 +166,7 @@ histogram_kernel(const SelectTensor* tensors, int64_t num_tensors, int64_t num_c
     }
     if (kFirst && __syncthreads_or(nan) && threadIdx.x == 0)
       atomicMax(&state->nan_code, ~static_cast<unsigned long long>(t.index));  // max: first tensor
-    pending += end - chunk.begin;
+    pending += end - begin;
     __syncthreads();  // end_chunk: everyone is done with `chunk` and its counts
     if (pending > (int64_t{1} << 30)) {
       flush_counts(counts, bins, hist);
