@@ -15,7 +15,7 @@
 #include <limits>
 #include <vector>
 
-#include "common.h"
+#include "prune_checks.h"
 
 namespace sparsedistill {
 namespace {
@@ -110,14 +110,17 @@ class Selection {
               ++h[(i & (kCopies - 1)) * kBins + ((keys[i] >> shift) & 0xffffu)];
             }
           }, check_nan ? &nan : nullptr);
-          if (nan) nan_at[t] = chunks_[c].tensor;
+          if (nan && nan_at[t] < 0) nan_at[t] = chunks_[c].tensor;  // chunks ascend: the first
           if ((pending += kChunk) > (int64_t{1} << 31)) flush();
         }
         flush();
       }
     });
+    // Name the first tensor holding NaN, as the reference and the CUDA kernel do.
+    int64_t first_nan = -1;
     for (int64_t t = 0; t < tasks; ++t)
-      SD_CHECK_ARG(nan_at[t] < 0, "tensors[", nan_at[t], "] (or its scores) holds NaN: magnitudes must be comparable");
+      if (nan_at[t] >= 0 && (first_nan < 0 || nan_at[t] < first_nan)) first_nan = nan_at[t];
+    check_select_no_nan(first_nan >= 0, first_nan);
     std::vector<int64_t> total(kBins, 0);
     for (const auto& sums : merged)
       for (int b = 0; b < kBins; ++b) total[b] += sums[b];
@@ -208,30 +211,19 @@ class Selection {
 std::vector<at::Tensor> select_smallest_cpu(at::TensorList values,
                                             const std::optional<at::TensorList>& keep, int64_t k,
                                             bool magnitude) {
-  SD_CHECK_ARG(!keep.has_value() || keep->size() == values.size(),
-               "keep must hold one mask per tensor (", static_cast<int64_t>(values.size()),
-               "), got ", static_cast<int64_t>(keep ? keep->size() : 0));
+  check_select_args(values, keep, at::Device(at::kCPU));
   std::vector<at::Tensor> vs, ks;
   int64_t eligible = 0;
   for (size_t i = 0; i < values.size(); ++i) {
-    const at::Tensor& v = values[i];
-    SD_CHECK_TYPE(at::isFloatingType(v.scalar_type()), "values[", static_cast<int64_t>(i),
-                  "] must be floating point, got ", dtype_str(v));
-    SD_CHECK_ARG(v.device().is_cpu(), "values[", static_cast<int64_t>(i), "] must be on the CPU");
-    vs.push_back(v.contiguous());
+    vs.push_back(values[i].contiguous());
     if (keep.has_value()) {
-      const at::Tensor& m = (*keep)[i];
-      SD_CHECK_ARG(m.scalar_type() == at::kBool && m.sizes() == v.sizes() && m.device() == v.device(),
-                   "keep[", static_cast<int64_t>(i), "] must be a bool tensor of the shape of values[",
-                   static_cast<int64_t>(i), "] ", shape_str(v));
-      ks.push_back(m.contiguous());
+      ks.push_back((*keep)[i].contiguous());
       eligible += ks.back().sum().item<int64_t>();
     } else {
-      eligible += v.numel();
+      eligible += values[i].numel();
     }
   }
-  SD_CHECK_ARG(k >= 0 && k <= eligible, "k must lie in [0, ", eligible,
-               "] (the eligible elements), got ", k);
+  check_select_k(k, eligible);
   return Selection(std::move(vs), std::move(ks), magnitude).masks(k);
 }
 

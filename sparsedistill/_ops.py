@@ -112,6 +112,22 @@ def _select_smallest_fake(values, keep, k, magnitude):
 
 
 # ---------------------------------------------------------------------------------------------
+# nm_mask: N:M keep-mask along the last dim. In every group of m consecutive elements the n
+# largest keys (|value| if magnitude, else value) are kept; ties: the lower index is pruned
+# first; NaN ranks above every number (sparsedistill.nm_mask rejects NaN before calling).
+# Returns a contiguous bool tensor of values' shape.
+# ---------------------------------------------------------------------------------------------
+lib.define("nm_mask(Tensor values, int n, int m, bool magnitude) -> Tensor")
+lib.impl("nm_mask", _prune_reference.nm_mask, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("sparsedistill::nm_mask")
+def _nm_mask_fake(values, n, m, magnitude):
+    _prune_reference.check_nm_mask_args(values, n, m)
+    return values.new_empty(values.shape, dtype=torch.bool)
+
+
+# ---------------------------------------------------------------------------------------------
 # sparse_linear: input (B, in_features) @ W.T + bias for a CSR-compressed weight W (layout in
 # _sparse_reference.py), and the two products its backward needs, with the same structure:
 #   sparse_linear_grad_input:  grad_out (B, out) @ W -> (B, in_features)

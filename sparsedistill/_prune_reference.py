@@ -21,17 +21,35 @@ def order_keys(values: torch.Tensor, magnitude: bool) -> torch.Tensor:
     return torch.where(bits >= 0x80000000, bits ^ 0xFFFFFFFF, bits | 0x80000000)
 
 
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_DTYPE_NAMES = "float32, bfloat16, float16, float64"
+
+
+def _check_select_args(values, keep) -> None:
+    """The checks of csrc/prune_checks.h (check_select_args), with the same messages."""
+    if keep is not None and len(keep) != len(values):
+        raise ValueError(f"sparsedistill: keep must hold one mask per tensor ({len(values)}), got {len(keep)}")
+    for i, v in enumerate(values):
+        if v.dtype not in _DTYPES:
+            raise TypeError(f"sparsedistill: values[{i}] must be floating point ({_DTYPE_NAMES}), got {v.dtype}")
+        if v.device != values[0].device:
+            raise ValueError(f"sparsedistill: values[{i}] must be on {values[0].device}, got {v.device}")
+        if keep is not None and (keep[i].dtype != torch.bool or keep[i].shape != v.shape
+                                 or keep[i].device != v.device):
+            raise ValueError(f"sparsedistill: keep[{i}] must be a bool tensor of the shape of values[{i}] "
+                             f"{tuple(v.shape)} on its device")
+
+
 def select_smallest(values: list[torch.Tensor], keep: list[torch.Tensor] | None, k: int,
                     magnitude: bool) -> list[torch.Tensor]:
     """Reference of ``sparsedistill::select_smallest``; returns one bool keep-mask per tensor."""
-    if keep is not None and len(keep) != len(values):
-        raise ValueError(f"sparsedistill: keep must have one mask per tensor ({len(values)}), got {len(keep)}")
+    _check_select_args(values, keep)
     keys, eligible = [], []
     for i, v in enumerate(values):
         if torch.isnan(v).any():
             raise ValueError(f"sparsedistill: tensors[{i}] (or its scores) holds NaN: magnitudes must be comparable")
         keys.append(order_keys(v, magnitude))
-        eligible.append(keep[i].reshape(-1).bool() if keep is not None
+        eligible.append(keep[i].reshape(-1) if keep is not None
                         else torch.ones(v.numel(), dtype=torch.bool, device=v.device))
     flat_keys = torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64)
     flat_eligible = torch.cat(eligible) if eligible else torch.zeros(0, dtype=torch.bool)
@@ -45,3 +63,33 @@ def select_smallest(values: list[torch.Tensor], keep: list[torch.Tensor] | None,
     flat_keep[order[:k]] = False
     # Separate tensors (not views of one buffer): op outputs must not alias each other.
     return [m.view(v.shape).clone() for m, v in zip(flat_keep.split([v.numel() for v in values]), values)]
+
+
+def check_nm_mask_args(values: torch.Tensor, n: int, m: int) -> None:
+    """The checks of csrc/prune_checks.h (check_nm_mask_args), with the same messages. Reads
+    metadata only, so the fake kernel uses it too."""
+    if values.dtype not in _DTYPES:
+        raise TypeError(f"sparsedistill: values must be floating point ({_DTYPE_NAMES}), got {values.dtype}")
+    if values.dim() < 1:
+        raise ValueError("sparsedistill: values must have at least one dim")
+    if m < 1:
+        raise ValueError(f"sparsedistill: m must be >= 1, got {m}")
+    if not 0 <= n <= m:
+        raise ValueError(f"sparsedistill: n must lie in [0, m] = [0, {m}], got {n}")
+    if values.shape[-1] % m:
+        raise ValueError(f"sparsedistill: the last dim of values (size {values.shape[-1]}) must be "
+                         f"divisible by m = {m}")
+
+
+def nm_mask(values: torch.Tensor, n: int, m: int, magnitude: bool) -> torch.Tensor:
+    """Reference of ``sparsedistill::nm_mask``: bool keep-mask of values' shape that keeps, in
+    every group of m consecutive elements along the last dim, the n largest keys (|value| if
+    magnitude, else value), compared in values' dtype. Order within a group: key ascending, ties
+    by index (the lower index is pruned first); the first m - n are pruned. NaN ranks above every
+    number and NaNs tie (torch.sort's order); sparsedistill.nm_mask rejects NaN before this."""
+    check_nm_mask_args(values, n, m)
+    x = values.detach().abs() if magnitude else values.detach()
+    groups = x.reshape(-1, m)
+    order = torch.sort(groups, dim=-1, stable=True).indices
+    keep = torch.ones(groups.shape, dtype=torch.bool, device=values.device)
+    return keep.scatter_(-1, order[:, : m - n], False).reshape(values.shape)

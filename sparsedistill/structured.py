@@ -61,7 +61,8 @@ def nm_mask(tensor: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torc
     magnitude are kept (exactly n per group). Among equal magnitudes the lowest index is pruned
     first (so an all-equal 2:4 group keeps its last two weights), as in magnitude_mask.
 
-    Vectorised: one reshape to (..., groups, m), a stable sort and a scatter; no Python loops."""
+    Runs the op sparsedistill::nm_mask (one C++/CUDA kernel launch where the extension is
+    built) on a view with `dim` moved last; float64 magnitudes are compared in float64."""
     _check_float_tensor("tensor", tensor)
     m = _check_int("m", m, low=1)
     n = _check_int("n", n)
@@ -73,10 +74,8 @@ def nm_mask(tensor: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torc
         raise ValueError(f"dim: size {size} of dim {dim} is not divisible by m = {m}")
     if torch.isnan(tensor).any():
         raise ValueError("tensor contains NaN; magnitudes cannot be ranked")
-    x = tensor.detach().abs().movedim(dim, -1)
-    lead = x.shape[:-1]
-    keep = _prune_smallest(x.reshape(*lead, size // m, m), m - n)
-    return keep.reshape(*lead, size).movedim(-1, dim).contiguous()
+    keep = torch.ops.sparsedistill.nm_mask(tensor.detach().movedim(dim, -1), n, m, True)
+    return keep.movedim(-1, dim).contiguous()
 
 
 def to_semi_structured(weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -126,6 +126,16 @@ def test_op_level_checks(device):
         OP([w], [w > 0, w > 0], 1, True)
 
 
+def test_nan_error_names_the_first_tensor(device):
+    # One 65536-element chunk per tensor, so CPU threads see the NaNs in different tasks.
+    vals = [torch.randn(65536, device=device) for _ in range(5)]
+    vals[4][7] = float("nan")
+    vals[1][9] = float("nan")
+    for keep in (None, [torch.ones(65536, dtype=torch.bool, device=device)] * 5):
+        with pytest.raises(ValueError, match=r"tensors\[1\] .*NaN"):
+            OP(vals, keep, 3, True)
+
+
 def test_opcheck(device):
     w = torch.randn(9, 13, device=device)
     torch.library.opcheck(OP, ([w, w[0]], None, 40, True))

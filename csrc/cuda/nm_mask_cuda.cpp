@@ -1,0 +1,31 @@
+// CUDA host wrapper of sparsedistill::nm_mask: checks (csrc/prune_checks.h), allocates the mask
+// and launches the kernel of nm_mask_kernel.cu on the current stream.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../prune_checks.h"
+#include "nm_mask_kernel.h"
+#include "prune_dtype_host.h"
+
+namespace sparsedistill {
+namespace {
+
+at::Tensor nm_mask_cuda(const at::Tensor& values, int64_t n, int64_t m, bool magnitude) {
+  check_nm_mask_args(values, n, m);
+  SD_CHECK_ARG(values.is_cuda(), "values must be a CUDA tensor, got ", device_str(values));
+  const c10::cuda::CUDAGuard guard(values.device());
+  const at::Tensor x = values.contiguous();
+  at::Tensor keep = at::empty(x.sizes(), x.options().dtype(at::kBool));
+  const cudaError_t err = launch_nm_mask(
+      x.const_data_ptr(), to_prune_dtype(x.scalar_type()), x.numel() / m, m, m - n, magnitude,
+      reinterpret_cast<uint8_t*>(keep.mutable_data_ptr<bool>()), c10::cuda::getCurrentCUDAStream());
+  SD_CHECK_ARG(err == cudaSuccess, "nm_mask CUDA kernel launch failed: ", cudaGetErrorString(err));
+  return keep;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsedistill, CUDA, m) { m.impl("nm_mask", &nm_mask_cuda); }
+
+}  // namespace sparsedistill

@@ -1,0 +1,59 @@
+// Argument checks of the pruning ops (select_smallest, nm_mask), shared by the C++ CPU kernels
+// and the CUDA host wrappers so that every backend accepts and rejects the same calls with the
+// same messages (the Python reference in sparsedistill/_prune_reference.py mirrors them).
+#pragma once
+#include <optional>
+
+#include "common.h"
+
+namespace sparsedistill {
+
+// float32, bfloat16, float16, float64: the dtypes the pruning kernels read.
+inline bool is_prune_dtype(at::ScalarType t) { return is_logits_dtype(t); }
+
+// values: floating point, all on `device`; keep (if given): one bool mask per tensor, of its
+// shape, on its device.
+inline void check_select_args(at::TensorList values, const std::optional<at::TensorList>& keep,
+                              const at::Device& device) {
+  SD_CHECK_ARG(!keep.has_value() || keep->size() == values.size(),
+               "keep must hold one mask per tensor (", static_cast<int64_t>(values.size()),
+               "), got ", static_cast<int64_t>(keep ? keep->size() : 0));
+  for (size_t i = 0; i < values.size(); ++i) {
+    const auto index = static_cast<int64_t>(i);
+    const at::Tensor& v = values[i];
+    SD_CHECK_TYPE(is_prune_dtype(v.scalar_type()), "values[", index,
+                  "] must be floating point (float32, bfloat16, float16, float64), got ", dtype_str(v));
+    SD_CHECK_ARG(v.device() == device, "values[", index, "] must be on ", device.str(), ", got ",
+                 device_str(v));
+    if (keep.has_value()) {
+      const at::Tensor& m = (*keep)[i];
+      SD_CHECK_ARG(m.scalar_type() == at::kBool && m.sizes() == v.sizes() && m.device() == v.device(),
+                   "keep[", index, "] must be a bool tensor of the shape of values[", index, "] ",
+                   shape_str(v), " on its device");
+    }
+  }
+}
+
+inline void check_select_k(int64_t k, int64_t eligible) {
+  SD_CHECK_ARG(k >= 0 && k <= eligible, "k must lie in [0, ", eligible,
+               "] (the eligible elements), got ", k);
+}
+
+inline void check_select_no_nan(bool has_nan, int64_t tensor) {
+  SD_CHECK_ARG(!has_nan, "tensors[", tensor,
+               "] (or its scores) holds NaN: magnitudes must be comparable");
+}
+
+// nm_mask(values, n, m, magnitude): groups of m consecutive elements along the last dim.
+inline void check_nm_mask_args(const at::Tensor& values, int64_t n, int64_t m) {
+  SD_CHECK_TYPE(is_prune_dtype(values.scalar_type()),
+                "values must be floating point (float32, bfloat16, float16, float64), got ",
+                dtype_str(values));
+  SD_CHECK_ARG(values.dim() >= 1, "values must have at least one dim");
+  SD_CHECK_ARG(m >= 1, "m must be >= 1, got ", m);
+  SD_CHECK_ARG(n >= 0 && n <= m, "n must lie in [0, m] = [0, ", m, "], got ", n);
+  SD_CHECK_ARG(values.size(-1) % m == 0, "the last dim of values (size ", values.size(-1),
+               ") must be divisible by m = ", m);
+}
+
+}  // namespace sparsedistill
