@@ -172,27 +172,41 @@ inline acc_t row_dot(const scalar_t* values, const index_t* cols, int64_t j0, in
   return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
+constexpr int64_t kPrefetchAhead = 2048;  // nonzeros
+
 #if defined(CPU_CAPABILITY_AVX512)
 // float32 with AVX-512: 16 nonzeros per step, x[c_j] fetched by one gather.
 inline __m512i load_columns(const int16_t* c) {
   return _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
 }
 inline __m512i load_columns(const int32_t* c) { return _mm512_loadu_si512(c); }
+inline __m512i load_columns_masked(const int16_t* c, __mmask16 m) {
+  return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, c));
+}
+inline __m512i load_columns_masked(const int32_t* c, __mmask16 m) { return _mm512_maskz_loadu_epi32(m, c); }
 
 template <typename index_t>
 inline float row_dot(const float* values, const index_t* cols, int64_t j0, int64_t j1, const float* x) {
   __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
   int64_t j = j0;
   for (; j + 32 <= j1; j += 32) {
+    // The weight streams from memory; gathers hold back the hardware prefetcher, so fetch ahead.
+    _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead + 16), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead), _MM_HINT_T0);
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(values + j), _mm512_i32gather_ps(load_columns(cols + j), x, 4), a0);
     a1 = _mm512_fmadd_ps(_mm512_loadu_ps(values + j + 16),
                          _mm512_i32gather_ps(load_columns(cols + j + 16), x, 4), a1);
   }
   for (; j + 16 <= j1; j += 16)
     a0 = _mm512_fmadd_ps(_mm512_loadu_ps(values + j), _mm512_i32gather_ps(load_columns(cols + j), x, 4), a0);
-  float sum = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-  for (; j < j1; ++j) sum += values[j] * x[cols[j]];
-  return sum;
+  if (j < j1) {  // the last 1..15, masked
+    const __mmask16 m = static_cast<__mmask16>((1u << (j1 - j)) - 1);
+    const __m512i c = load_columns_masked(cols + j, m);
+    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, values + j),
+                         _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, c, x, 4), a1);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
 }
 #elif defined(CPU_CAPABILITY_AVX2)
 // float32 with AVX2: 8 nonzeros per step, x[c_j] fetched by one gather.
