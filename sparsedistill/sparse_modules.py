@@ -81,6 +81,11 @@ class SparseLinear(nn.Module):
         return self.sparse_weight.density
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        # The op checks dtypes and devices itself; only the layout is handled here, so that a
+        # small layer is not dominated by Python (see sparse_linear for the checked path).
+        if input.dim() == 2 and input.shape[1] == self.in_features:
+            return torch.ops.sparsedistill.sparse_linear(
+                input, self.values, self.row_ptr, self.col_idx, self.row_order, self.in_features, self.bias)
         return sparse_linear(input, self.sparse_weight, self.bias)
 
     def extra_repr(self) -> str:
