@@ -34,6 +34,31 @@ inline void check_select_args(at::TensorList values, const std::optional<at::Ten
   }
 }
 
+// zero_smallest(tensors, masks, scores, keep, k): tensors to zero (floating point), masks to
+// write (bool, one per tensor, of its shape), scores (if given) of the same shapes and devices.
+inline void check_zero_smallest_args(at::TensorList tensors, at::TensorList masks,
+                                     const std::optional<at::TensorList>& scores) {
+  SD_CHECK_ARG(masks.size() == tensors.size(), "masks must hold one mask per tensor (",
+               static_cast<int64_t>(tensors.size()), "), got ", static_cast<int64_t>(masks.size()));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto index = static_cast<int64_t>(i);
+    SD_CHECK_TYPE(is_prune_dtype(tensors[i].scalar_type()), "tensors[", index,
+                  "] must be floating point (float32, bfloat16, float16, float64), got ",
+                  dtype_str(tensors[i]));
+    SD_CHECK_ARG(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
+                     masks[i].device() == tensors[i].device(),
+                 "masks[", index, "] must be a bool tensor of the shape and device of tensors[", index,
+                 "] ", shape_str(tensors[i]));
+  }
+  if (!scores.has_value()) return;
+  SD_CHECK_ARG(scores->size() == tensors.size(), "scores must hold one tensor per tensor (",
+               static_cast<int64_t>(tensors.size()), "), got ", static_cast<int64_t>(scores->size()));
+  for (size_t i = 0; i < tensors.size(); ++i)
+    SD_CHECK_ARG((*scores)[i].sizes() == tensors[i].sizes() && (*scores)[i].device() == tensors[i].device(),
+                 "scores[", static_cast<int64_t>(i), "] must have the shape and device of tensors[",
+                 static_cast<int64_t>(i), "] ", shape_str(tensors[i]));
+}
+
 inline void check_select_k(int64_t k, int64_t eligible) {
   SD_CHECK_ARG(k >= 0 && k <= eligible, "k must lie in [0, ", eligible,
                "] (the eligible elements), got ", k);

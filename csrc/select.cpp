@@ -46,8 +46,10 @@ struct Chunk {
 
 class Selection {
  public:
-  Selection(std::vector<at::Tensor> values, std::vector<at::Tensor> keep, bool magnitude)
-      : values_(std::move(values)), keep_(std::move(keep)), magnitude_(magnitude) {
+  Selection(std::vector<at::Tensor> values, std::vector<at::Tensor> keep, bool magnitude,
+            std::vector<at::Tensor> targets = {})
+      : values_(std::move(values)), keep_(std::move(keep)), targets_(std::move(targets)),
+        magnitude_(magnitude) {
     for (int64_t i = 0; i < static_cast<int64_t>(values_.size()); ++i)
       for (int64_t b = 0; b < values_[i].numel(); b += kChunk)
         chunks_.push_back({i, b, std::min(values_[i].numel(), b + kChunk)});
@@ -137,9 +139,11 @@ class Selection {
     return {kBins - 1, below};  // unreachable for r <= total
   }
 
-  std::vector<at::Tensor> masks(int64_t k) const {
-    std::vector<at::Tensor> out;
-    for (const auto& v : values_) out.push_back(at::empty(v.sizes(), v.options().dtype(at::kBool)));
+  // The keep-masks, written into `out` (contiguous bool tensors of the values' shapes) or into
+  // fresh tensors when `out` is empty.
+  std::vector<at::Tensor> masks(int64_t k, std::vector<at::Tensor> out = {}) const {
+    if (out.empty())
+      for (const auto& v : values_) out.push_back(at::empty(v.sizes(), v.options().dtype(at::kBool)));
     const auto high = histogram(16, -1, /*check_nan=*/true);
     if (k == 0) {  // key >= 0 always: every eligible element is kept
       write_masks(out, 0, 0, nullptr);
@@ -199,20 +203,31 @@ class Selection {
             rank += tie;
           }
         });
+        // The chunk was just read, so zeroing it here costs no extra pass over memory.
+        if (!targets_.empty() && targets_[chunks_[c].tensor].defined())
+          zero_pruned_in(targets_[chunks_[c].tensor], m, chunks_[c].begin, chunks_[c].end);
       }
     });
   }
 
+  // Zeroes, in the same pass, the elements of targets[i] whose mask is false (a contiguous
+  // tensor of values[i]'s shape; undefined: leave that tensor alone).
+  void zero_pruned_in(const at::Tensor& target, bool* m, int64_t begin, int64_t end) const {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "zero_smallest", [&] {
+      scalar_t* x = target.mutable_data_ptr<scalar_t>();
+      for (int64_t i = begin; i < end; ++i) x[i] = m[i] ? x[i] : scalar_t(0);  // branch-free
+    });
+  }
+
   std::vector<at::Tensor> values_, keep_;
+  std::vector<at::Tensor> targets_;  // zero_smallest: tensors zeroed where pruned
   std::vector<Chunk> chunks_;
   bool magnitude_;
 };
 
-std::vector<at::Tensor> select_smallest_cpu(at::TensorList values,
-                                            const std::optional<at::TensorList>& keep, int64_t k,
-                                            bool magnitude) {
-  check_select_args(values, keep, at::Device(at::kCPU));
-  std::vector<at::Tensor> vs, ks;
+// The contiguous values and keep masks of a checked call, and the number of eligible elements.
+int64_t gather_inputs(at::TensorList values, const std::optional<at::TensorList>& keep,
+                      std::vector<at::Tensor>& vs, std::vector<at::Tensor>& ks) {
   int64_t eligible = 0;
   for (size_t i = 0; i < values.size(); ++i) {
     vs.push_back(values[i].contiguous());
@@ -223,12 +238,42 @@ std::vector<at::Tensor> select_smallest_cpu(at::TensorList values,
       eligible += values[i].numel();
     }
   }
-  check_select_k(k, eligible);
+  return eligible;
+}
+
+std::vector<at::Tensor> select_smallest_cpu(at::TensorList values,
+                                            const std::optional<at::TensorList>& keep, int64_t k,
+                                            bool magnitude) {
+  check_select_args(values, keep, at::Device(at::kCPU));
+  std::vector<at::Tensor> vs, ks;
+  check_select_k(k, gather_inputs(values, keep, vs, ks));
   return Selection(std::move(vs), std::move(ks), magnitude).masks(k);
+}
+
+// zero_smallest: select_smallest on |tensors| (or on scores), writing the keep-masks into
+// masks and zeroing the pruned elements of tensors (contiguous ones in the mask pass itself).
+void zero_smallest_cpu(at::TensorList tensors, at::TensorList masks,
+                       const std::optional<at::TensorList>& scores,
+                       const std::optional<at::TensorList>& keep, int64_t k) {
+  check_zero_smallest_args(tensors, masks, scores);
+  const at::TensorList values = scores.has_value() ? *scores : tensors;
+  check_select_args(values, keep, at::Device(at::kCPU));
+  std::vector<at::Tensor> vs, ks, targets, outs;
+  check_select_k(k, gather_inputs(values, keep, vs, ks));
+  for (const auto& t : tensors) targets.push_back(t.is_contiguous() ? t : at::Tensor());
+  for (const auto& m : masks) outs.push_back(m.is_contiguous() ? m : at::empty_like(m, at::MemoryFormat::Contiguous));
+  const auto written = Selection(std::move(vs), std::move(ks), !scores.has_value(), targets).masks(k, outs);
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (!masks[i].is_contiguous()) masks[i].copy_(written[i]);
+    if (!targets[i].defined()) tensors[i].masked_fill_(written[i].logical_not(), 0);
+  }
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) { m.impl("select_smallest", &select_smallest_cpu); }
+TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) {
+  m.impl("select_smallest", &select_smallest_cpu);
+  m.impl("zero_smallest", &zero_smallest_cpu);
+}
 
 }  // namespace sparsedistill

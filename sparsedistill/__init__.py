@@ -13,7 +13,9 @@ load_native()
 
 from .distill import DistillationLoss, distillation_loss  # noqa: E402
 from . import prune  # noqa: E402  (drop-in for torch.nn.utils.prune)
-from .pruning import global_magnitude_masks, magnitude_mask, magnitude_prune_  # noqa: E402
+from .pruning import (  # noqa: E402
+    global_magnitude_masks, global_magnitude_prune_, magnitude_mask, magnitude_prune_,
+)  # noqa: E402
 from .sparse import SparseWeight, sparse_linear  # noqa: E402
 from .sparse_modules import SparseLinear, SparsifyReport, sparsify  # noqa: E402
 from .structured import (  # noqa: E402
@@ -24,7 +26,7 @@ from .structured import (  # noqa: E402
 __version__ = "0.1.0"
 __all__ = [
     "distillation_loss", "DistillationLoss",
-    "magnitude_mask", "magnitude_prune_", "global_magnitude_masks",
+    "magnitude_mask", "magnitude_prune_", "global_magnitude_masks", "global_magnitude_prune_",
     "nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
     "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_",
     "cubic_sparsity_schedule", "CubicSparsitySchedule",

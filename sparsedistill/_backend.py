@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-OPS = ("distill_loss", "scale_rows_", "select_smallest", "nm_mask", "sparse_linear",
+OPS = ("distill_loss", "scale_rows_", "select_smallest", "zero_smallest", "nm_mask", "sparse_linear",
        "sparse_linear_grad_input", "sparse_linear_grad_values")
 DISABLE_ENV = "SPARSEDISTILL_DISABLE_NATIVE"
 

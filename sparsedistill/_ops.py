@@ -111,6 +111,19 @@ def _select_smallest_fake(values, keep, k, magnitude):
     return [torch.empty_like(v, dtype=torch.bool) for v in values]
 
 
+# zero_smallest: select_smallest by |tensors| (or by scores) that writes the keep-masks into
+# `masks` and zeroes, in place, every element of tensors whose mask is False (the native CPU
+# kernel does it in its mask pass, so pruning costs no extra pass over the weights).
+lib.define("zero_smallest(Tensor(a!)[] tensors, Tensor(b!)[] masks, Tensor[]? scores, "
+           "Tensor[]? keep, int k) -> ()")
+lib.impl("zero_smallest", _prune_reference.zero_smallest, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("sparsedistill::zero_smallest")
+def _zero_smallest_fake(tensors, masks, scores, keep, k):
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # nm_mask: N:M keep-mask along the last dim. In every group of m consecutive elements the n
 # largest keys (|value| if magnitude, else value) are kept; ties: the lower index is pruned

@@ -93,3 +93,20 @@ def nm_mask(values: torch.Tensor, n: int, m: int, magnitude: bool) -> torch.Tens
     order = torch.sort(groups, dim=-1, stable=True).indices
     keep = torch.ones(groups.shape, dtype=torch.bool, device=values.device)
     return keep.scatter_(-1, order[:, : m - n], False).reshape(values.shape)
+
+
+def zero_smallest(tensors: list[torch.Tensor], masks: list[torch.Tensor],
+                  scores: list[torch.Tensor] | None, keep: list[torch.Tensor] | None, k: int) -> None:
+    """Reference of ``sparsedistill::zero_smallest``: masks[i] = the keep-masks of select_smallest
+    (by |tensors|, or by scores), and every element of tensors whose mask is False set to zero."""
+    if len(masks) != len(tensors) or any(m.dtype != torch.bool or m.shape != t.shape
+                                         for m, t in zip(masks, tensors)):
+        raise ValueError("sparsedistill: masks must hold one bool tensor of the shape of each tensor")
+    if scores is not None and (len(scores) != len(tensors) or any(
+            s.shape != t.shape or s.device != t.device for s, t in zip(scores, tensors))):
+        raise ValueError("sparsedistill: scores must hold one tensor of the shape and device of each tensor")
+    selected = torch.ops.sparsedistill.select_smallest(
+        list(scores) if scores is not None else list(tensors), keep, k, scores is None)
+    for t, m, sel in zip(tensors, masks, selected):
+        m.copy_(sel)
+        t.masked_fill_(~sel, 0)

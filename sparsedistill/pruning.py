@@ -41,12 +41,8 @@ def _check_same(name: str, x, like: torch.Tensor, dtypes) -> None:
         raise TypeError(f"{name} must have dtype in {dtypes}, got {x.dtype}")
 
 
-def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=None,
-                           masks=None) -> list[torch.Tensor]:
-    """One exact threshold across `tensors` (a whole model): prunes `amount` of all their
-    elements together, without concatenating them. With `masks` (existing keep-masks),
-    `amount` applies to the elements that remain and pruned ones stay pruned. With `scores`,
-    the scores rank the elements instead of the magnitudes."""
+def _selection_args(tensors, amount, scores, masks):
+    """Checks the arguments of the magnitude functions; returns (tensors, scores, masks, k)."""
     tensors = list(tensors)
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor) or t.dtype not in _FLOATS:
@@ -58,6 +54,7 @@ def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=No
             raise ValueError(f"scores must hold one tensor per tensor ({len(tensors)}), got {len(scores)}")
         for i, (s, t) in enumerate(zip(scores, tensors)):
             _check_same(f"scores[{i}]", s, t, _FLOATS)
+        scores = [s.detach() for s in scores]
     if masks is not None:
         masks = list(masks)
         if len(masks) != len(tensors):
@@ -67,9 +64,29 @@ def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=No
         n = sum(int(m.sum()) for m in masks)
     else:
         n = sum(t.numel() for t in tensors)
-    k = resolve_amount(amount, n)
-    values = [s.detach() for s in scores] if scores is not None else [t.detach() for t in tensors]
+    return tensors, scores, masks, resolve_amount(amount, n)
+
+
+def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=None,
+                           masks=None) -> list[torch.Tensor]:
+    """One exact threshold across `tensors` (a whole model): prunes `amount` of all their
+    elements together, without concatenating them. With `masks` (existing keep-masks),
+    `amount` applies to the elements that remain and pruned ones stay pruned. With `scores`,
+    the scores rank the elements instead of the magnitudes."""
+    tensors, scores, masks, k = _selection_args(tensors, amount, scores, masks)
+    values = scores if scores is not None else [t.detach() for t in tensors]
     return list(torch.ops.sparsedistill.select_smallest(values, masks, k, scores is None))
+
+
+@torch.no_grad()
+def global_magnitude_prune_(tensors: Sequence[torch.Tensor], amount, *, scores=None,
+                            masks=None) -> list[torch.Tensor]:
+    """global_magnitude_masks that also zeroes the pruned weights in place (in the same pass
+    over memory on the CPU). Returns the keep-masks; nothing is modified on a bad argument."""
+    tensors, scores, masks, k = _selection_args(tensors, amount, scores, masks)
+    keep = [torch.empty_like(t, dtype=torch.bool, memory_format=torch.contiguous_format) for t in tensors]
+    torch.ops.sparsedistill.zero_smallest([t.detach() for t in tensors], keep, scores, masks, k)
+    return keep
 
 
 def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None) -> torch.Tensor:
@@ -81,10 +98,9 @@ def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None) -> t
         masks=None if mask is None else [mask])[0]
 
 
-@torch.no_grad()
 def magnitude_prune_(tensor: torch.Tensor, amount, *, scores=None, mask=None) -> torch.Tensor:
     """Zeroes the pruned weights of `tensor` in place and returns the keep-mask. Nothing is
     modified if an argument is rejected."""
-    keep = magnitude_mask(tensor, amount, scores=scores, mask=mask)
-    tensor.masked_fill_(~keep, 0)
-    return keep
+    return global_magnitude_prune_(
+        [tensor], amount, scores=None if scores is None else [scores],
+        masks=None if mask is None else [mask])[0]

@@ -140,3 +140,63 @@ def test_opcheck(device):
     w = torch.randn(9, 13, device=device)
     torch.library.opcheck(OP, ([w, w[0]], None, 40, True))
     torch.library.opcheck(OP, ([w], [w > -0.5], 10, False))
+
+
+PRUNE_OP = torch.ops.sparsedistill.zero_smallest
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_keep", [True, False])
+@pytest.mark.parametrize("with_scores", [True, False])
+def test_zero_smallest_zeroes_exactly_the_pruned(device, dtype, with_keep, with_scores):
+    shapes = [(300, 7), (1,), (0, 4), (70001,), (33, 40)]
+    tensors = [torch.randint(-3, 4, s, device=device).to(dtype) for s in shapes]
+    tensors[-1] = tensors[-1].T  # a non-contiguous one (zeroed after the selection)
+    scores = [torch.randint(0, 5, t.shape, device=device).to(dtype) for t in tensors] if with_scores else None
+    keep = [torch.rand(t.shape, device=device) > 0.3 for t in tensors] if with_keep else None
+    n = sum(int(k.sum()) for k in keep) if with_keep else sum(t.numel() for t in tensors)
+    for k in [0, n // 3, n]:
+        got = [t.clone() for t in tensors]
+        masks = [torch.empty(t.shape, dtype=torch.bool, device=device) for t in tensors]
+        masks[0] = masks[0].T.contiguous().T  # a non-contiguous mask, too
+        PRUNE_OP(got, masks, scores, keep, k)
+        want = _prune_reference.select_smallest(scores if with_scores else tensors, keep, k, not with_scores)
+        for g, t, m, w in zip(got, tensors, masks, want):
+            assert torch.equal(m, w)
+            assert torch.equal(g, torch.where(w, t, torch.zeros_like(t)))
+
+
+def test_zero_smallest_leaves_tensors_untouched_on_error(device):
+    w = torch.randn(40, 50, device=device)
+    before = w.clone()
+    w_nan = w.clone()
+    w_nan[3, 4] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        PRUNE_OP([w, w_nan], [w > 0, w > 0], None, None, 10)
+    assert torch.equal(w, before)
+    with pytest.raises(ValueError, match="k must lie"):
+        PRUNE_OP([w], [w > 0], None, None, w.numel() + 1)
+    with pytest.raises(ValueError, match="scores"):
+        PRUNE_OP([w], [w > 0], [torch.randn(3, device=device)], None, 1)
+    assert torch.equal(w, before)
+    with pytest.raises(ValueError, match="amount"):
+        sparsedistill.magnitude_prune_(w, 1.5)
+    assert torch.equal(w, before)
+
+
+def test_magnitude_prune_matches_mask_then_zero(device):
+    w = torch.randn(257, 129, device=device)
+    ref = w.clone()
+    mask = sparsedistill.magnitude_mask(ref, 0.7)
+    got = sparsedistill.magnitude_prune_(w, 0.7)
+    assert torch.equal(got, mask) and torch.equal(w, ref * mask)
+    ws = [torch.randn(30, 30, device=device), torch.randn(100, device=device)]
+    masks = sparsedistill.global_magnitude_prune_(ws, 0.5)
+    assert sum(int((~m).sum()) for m in masks) == 500
+    assert all(bool((w[~m] == 0).all()) for w, m in zip(ws, masks))
+
+
+def test_zero_smallest_opcheck(device):
+    w = torch.randn(20, 30, device=device)
+    torch.library.opcheck(PRUNE_OP, ([w.clone(), w[0].clone()], [w > 0, w[0] > 0], None, None, 40))
+    torch.library.opcheck(PRUNE_OP, ([w.clone()], [w > 0], [w.abs() + 1], [w > -0.5], 10))
