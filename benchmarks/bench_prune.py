@@ -111,9 +111,7 @@ def make_step(provider, kernel, ws, amount):
     elif kernel == "prune_tensor":
         step = lambda: sd.magnitude_prune_(w, amount)  # noqa: E731
     elif kernel == "prune_global":
-        def step():
-            for t, m in zip(ws, sd.global_magnitude_masks(ws, amount)):
-                t.mul_(m)
+        step = lambda: sd.global_magnitude_prune_(ws, amount)  # noqa: E731
     else:
         step = lambda: sd.magnitude_mask(w, amount)  # noqa: E731
     return restore, step
