@@ -161,9 +161,80 @@ struct Csr {
   int64_t rows, in;
 };
 
-// sum over the nonzeros j of a row of v_j * x[c_j] (the one-row path).
+constexpr int64_t kPrefetchAhead = 2048;  // nonzeros
+
+// The one-row path, sum over the nonzeros j of a row of v_j * x[c_j]: gathers of x where the
+// ISA has them (float32, bfloat16 and float16 values, widened to float32), else scalar code.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr bool kHasGatherPath = true;
+constexpr int kGatherLanes = 16;
+using GatherVec = __m512;
+inline __m512i load_columns(const int16_t* c, __mmask16 m) { return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, c)); }
+inline __m512i load_columns(const int32_t* c, __mmask16 m) { return _mm512_maskz_loadu_epi32(m, c); }
+inline __m512 load_values(const float* v, __mmask16 m) { return _mm512_maskz_loadu_ps(m, v); }
+inline __m512 load_values(const c10::BFloat16* v, __mmask16 m) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, v)), 16));
+}
+inline __m512 load_values(const c10::Half* v, __mmask16 m) { return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, v)); }
+template <typename value_t, typename index_t>
+inline __m512 gather_fma(const value_t* v, const index_t* c, const float* x, __m512 acc, __mmask16 m = 0xffff) {
+  return _mm512_fmadd_ps(load_values(v, m), _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, load_columns(c, m), x, 4), acc);
+}
+inline __m512 gather_zero() { return _mm512_setzero_ps(); }
+inline __m512 gather_add(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+inline float gather_sum(__m512 a) { return _mm512_reduce_add_ps(a); }
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr bool kHasGatherPath = true;
+constexpr int kGatherLanes = 8;
+using GatherVec = __m256;
+// AVX2 has no masked 16-bit loads: the tail copies through a zero-padded buffer instead.
+inline __m256i load_columns(const int16_t* c) { return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c))); }
+inline __m256i load_columns(const int32_t* c) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)); }
+inline __m256 load_values(const float* v) { return _mm256_loadu_ps(v); }
+inline __m256 load_values(const c10::BFloat16* v) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))), 16));
+}
+inline __m256 load_values(const c10::Half* v) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v))); }
+template <typename value_t, typename index_t>
+inline __m256 gather_fma(const value_t* v, const index_t* c, const float* x, __m256 acc) {
+  return _mm256_fmadd_ps(load_values(v), _mm256_i32gather_ps(x, load_columns(c), 4), acc);
+}
+inline __m256 gather_zero() { return _mm256_setzero_ps(); }
+inline __m256 gather_add(__m256 a, __m256 b) { return _mm256_add_ps(a, b); }
+inline float gather_sum(__m256 a) {
+  alignas(32) float l[8];
+  _mm256_store_ps(l, a);
+  return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
+}
+#else
+constexpr bool kHasGatherPath = false;
+#endif
+
 template <typename scalar_t, typename index_t, typename acc_t>
 inline acc_t row_dot(const scalar_t* values, const index_t* cols, int64_t j0, int64_t j1, const acc_t* x) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if constexpr (kHasGatherPath && std::is_same_v<acc_t, float>) {
+    constexpr int L = kGatherLanes;
+    GatherVec a0 = gather_zero(), a1 = gather_zero();
+    int64_t j = j0;
+    for (; j + 2 * L <= j1; j += 2 * L) {
+      // The weight streams from memory and gathers hold back the hardware prefetcher.
+      _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead), _MM_HINT_T0);
+      a0 = gather_fma(values + j, cols + j, x, a0);
+      a1 = gather_fma(values + j + L, cols + j + L, x, a1);
+    }
+    for (; j + L <= j1; j += L) a0 = gather_fma(values + j, cols + j, x, a0);
+#if defined(CPU_CAPABILITY_AVX512)
+    if (j < j1) a1 = gather_fma(values + j, cols + j, x, a1, static_cast<__mmask16>((1u << (j1 - j)) - 1));
+    return gather_sum(gather_add(a0, a1));
+#else
+    float sum = gather_sum(gather_add(a0, a1));
+    for (; j < j1; ++j) sum += static_cast<float>(values[j]) * x[cols[j]];
+    return sum;
+#endif
+  }
+#endif
   acc_t s[4] = {0, 0, 0, 0};  // four chains hide the FMA latency
   int64_t j = j0;
   for (; j + 4 <= j1; j += 4)
@@ -171,66 +242,6 @@ inline acc_t row_dot(const scalar_t* values, const index_t* cols, int64_t j0, in
   for (; j < j1; ++j) s[0] += static_cast<acc_t>(values[j]) * x[cols[j]];
   return (s[0] + s[1]) + (s[2] + s[3]);
 }
-
-constexpr int64_t kPrefetchAhead = 2048;  // nonzeros
-
-#if defined(CPU_CAPABILITY_AVX512)
-// float32 with AVX-512: 16 nonzeros per step, x[c_j] fetched by one gather.
-inline __m512i load_columns(const int16_t* c) {
-  return _mm512_cvtepi16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)));
-}
-inline __m512i load_columns(const int32_t* c) { return _mm512_loadu_si512(c); }
-inline __m512i load_columns_masked(const int16_t* c, __mmask16 m) {
-  return _mm512_cvtepi16_epi32(_mm256_maskz_loadu_epi16(m, c));
-}
-inline __m512i load_columns_masked(const int32_t* c, __mmask16 m) { return _mm512_maskz_loadu_epi32(m, c); }
-
-template <typename index_t>
-inline float row_dot(const float* values, const index_t* cols, int64_t j0, int64_t j1, const float* x) {
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  int64_t j = j0;
-  for (; j + 32 <= j1; j += 32) {
-    // The weight streams from memory; gathers hold back the hardware prefetcher, so fetch ahead.
-    _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead + 16), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead), _MM_HINT_T0);
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(values + j), _mm512_i32gather_ps(load_columns(cols + j), x, 4), a0);
-    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(values + j + 16),
-                         _mm512_i32gather_ps(load_columns(cols + j + 16), x, 4), a1);
-  }
-  for (; j + 16 <= j1; j += 16)
-    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(values + j), _mm512_i32gather_ps(load_columns(cols + j), x, 4), a0);
-  if (j < j1) {  // the last 1..15, masked
-    const __mmask16 m = static_cast<__mmask16>((1u << (j1 - j)) - 1);
-    const __m512i c = load_columns_masked(cols + j, m);
-    a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, values + j),
-                         _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, c, x, 4), a1);
-  }
-  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-}
-#elif defined(CPU_CAPABILITY_AVX2)
-// float32 with AVX2: 8 nonzeros per step, x[c_j] fetched by one gather.
-inline __m256i load_columns(const int16_t* c) {
-  return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-}
-inline __m256i load_columns(const int32_t* c) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c)); }
-
-template <typename index_t>
-inline float row_dot(const float* values, const index_t* cols, int64_t j0, int64_t j1, const float* x) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  int64_t j = j0;
-  for (; j + 16 <= j1; j += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j), _mm256_i32gather_ps(x, load_columns(cols + j), 4), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(values + j + 8),
-                         _mm256_i32gather_ps(x, load_columns(cols + j + 8), 4), a1);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, _mm256_add_ps(a0, a1));
-  float sum = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
-  for (; j < j1; ++j) sum += values[j] * x[cols[j]];
-  return sum;
-}
-#endif
 
 template <typename scalar_t, typename index_t>
 void forward_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* x, const scalar_t* bias,

@@ -36,6 +36,7 @@ inline void check_dense(const char* op, const at::Tensor& t, const char* name) {
 // row_ptr, col_idx and row_order; returns out_features. nnz is col_idx's length.
 inline int64_t check_structure(const char* op, const at::Tensor& row_ptr,
                                const at::Tensor& col_idx, const at::Tensor& row_order,
+                               int64_t in_features,
                                const at::Tensor& like, const char* like_name) {
   SD_CHECK_TYPE(row_ptr.scalar_type() == at::kLong, op, ": row_ptr must be int64, got ",
                 dtype_str(row_ptr));
@@ -48,6 +49,9 @@ inline int64_t check_structure(const char* op, const at::Tensor& row_ptr,
   SD_CHECK_TYPE(col_idx.scalar_type() == at::kShort || col_idx.scalar_type() == at::kInt, op,
                 ": col_idx must be int16 or int32, got ", dtype_str(col_idx));
   SD_CHECK_ARG(col_idx.dim() == 1, op, ": col_idx must be 1-D, got shape ", shape_str(col_idx));
+  SD_CHECK_TYPE(col_idx.scalar_type() == at::kInt || in_features <= 32768, op,
+                ": col_idx must be int32 when in_features > 32768 (int16 holds columns < 32768), got int16"
+                " with in_features ", in_features);
   SD_CHECK_TYPE(row_order.scalar_type() == at::kInt, op, ": row_order must be int32, got ",
                 dtype_str(row_order));
   SD_CHECK_ARG(row_order.dim() == 1 && row_order.size(0) == out, op,
@@ -83,7 +87,7 @@ inline SparseLinearDims check_sparse_linear_args(const at::Tensor& input, const 
   check_dense(op, input, "input");
   SD_CHECK_ARG(input.size(1) == in_features, op, ": input must have shape (B, in_features=",
                in_features, "), got ", shape_str(input));
-  const int64_t out = check_structure(op, row_ptr, col_idx, row_order, input, "input");
+  const int64_t out = check_structure(op, row_ptr, col_idx, row_order, in_features, input, "input");
   check_values(op, values, col_idx, input, "input");
   if (bias.has_value()) {
     const at::Tensor& b = *bias;
@@ -104,7 +108,7 @@ inline SparseLinearDims check_sparse_linear_grad_input_args(
   using namespace sparse_detail;
   SD_CHECK_ARG(in_features >= 0, op, ": in_features must be >= 0, got ", in_features);
   check_dense(op, grad_out, "grad_out");
-  const int64_t out = check_structure(op, row_ptr, col_idx, row_order, grad_out, "grad_out");
+  const int64_t out = check_structure(op, row_ptr, col_idx, row_order, in_features, grad_out, "grad_out");
   SD_CHECK_ARG(grad_out.size(1) == out, op, ": grad_out must have shape (B, out_features=", out,
                "), got ", shape_str(grad_out));
   check_values(op, values, col_idx, grad_out, "grad_out");
@@ -121,7 +125,7 @@ inline SparseLinearDims check_sparse_linear_grad_values_args(const at::Tensor& g
   using namespace sparse_detail;
   check_dense(op, input, "input");
   check_dense(op, grad_out, "grad_out");
-  const int64_t out = check_structure(op, row_ptr, col_idx, row_order, input, "input");
+  const int64_t out = check_structure(op, row_ptr, col_idx, row_order, input.size(1), input, "input");
   SD_CHECK_ARG(grad_out.size(0) == input.size(0) && grad_out.size(1) == out, op,
                ": grad_out must have shape (B=", input.size(0), ", out_features=", out,
                "), got ", shape_str(grad_out));

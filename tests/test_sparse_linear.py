@@ -202,6 +202,10 @@ def test_bad_inputs_name_the_argument(device):
         OPS.sparse_linear(x, sw.values[:-1], sw.row_ptr, sw.col_idx, sw.row_order, 10, None)
     with pytest.raises(TypeError, match="dtype"):
         OPS.sparse_linear(x.double(), sw.values, sw.row_ptr, sw.col_idx, sw.row_order, 10, None)
+    wide = SparseWeight.from_dense(pruned_weight(2, 40000, 0.9, torch.float32, device))
+    with pytest.raises(TypeError, match="int32 when in_features > 32768"):
+        OPS.sparse_linear(torch.randn(1, 40000, device=device), wide.values, wide.row_ptr,
+                          wide.col_idx.short(), wide.row_order, 40000, None)
     with pytest.raises(ValueError, match="grad_out"):
         OPS.sparse_linear_grad_input(torch.randn(4, 5, device=device), sw.values, sw.row_ptr,
                                      sw.col_idx, sw.row_order, 10)

@@ -192,11 +192,15 @@ find_kernel(unsigned long long* hist, Digit digit, int index, int64_t k, SelectS
   unsigned long long mine = 0;
   for (int b = first; b < last; ++b) mine += hist[b];
   unsigned long long total;
+  // Read the shared state before block_inclusive_sum: its barriers order every thread's reads
+  // before the finder's writes below (a late warp would otherwise see the new rank).
+  const bool nan_seen = index == 0 && state->nan_code != 0;
+  const bool was_invalid = index != 0 && state->invalid;
+  const unsigned long long prev_rank = index != 0 ? state->rank : 0ull;
   const unsigned long long incl = block_inclusive_sum(mine, &total);
   unsigned long long rank;
   if (index == 0) {
-    const bool invalid = state->nan_code != 0 || static_cast<unsigned long long>(k) > total;
-    __syncthreads();  // every thread has read state before thread 0 writes it
+    const bool invalid = nan_seen || static_cast<unsigned long long>(k) > total;
     if (threadIdx.x == 0) {
       state->eligible = total;
       state->invalid = invalid;
@@ -204,8 +208,8 @@ find_kernel(unsigned long long* hist, Digit digit, int index, int64_t k, SelectS
     if (invalid || k == 0) return;  // k == 0: the host launches only the mask pass next
     rank = static_cast<unsigned long long>(k);
   } else {
-    if (state->invalid) return;
-    rank = state->rank;
+    if (was_invalid) return;
+    rank = prev_rank;
   }
   const unsigned long long excl = incl - mine;
   if (excl < rank && rank <= incl) {  // exactly one thread: 1 <= rank <= total
