@@ -63,15 +63,17 @@ void parallel_over_rows(const int64_t* row_ptr, int64_t rows, Fn&& fn) {
   });
 }
 
-// x (B, n) in scalar_t -> xT (n, Bp) in acc_t, zero-padded columns [B, Bp).
+// x (B, n) in scalar_t -> xT (n, Bp) in acc_t, zero-padded columns [B, Bp). On huge pages:
+// the backward kernels read its rows at random.
 template <typename scalar_t, typename acc_t>
-std::vector<acc_t> transpose_padded(const scalar_t* x, int64_t B, int64_t n, int64_t Bp) {
-  std::vector<acc_t> xt(static_cast<size_t>(n * Bp));
+HugePageArray<acc_t> transpose_padded(const scalar_t* x, int64_t B, int64_t n, int64_t Bp) {
+  HugePageArray<acc_t> xt(static_cast<size_t>(n * Bp));
+  acc_t* out = xt.data();
   constexpr int64_t kCols = 64;
   at::parallel_for(0, n, kCols, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) std::fill_n(xt.data() + c * Bp + B, Bp - B, acc_t(0));
+    for (int64_t c = c0; c < c1; ++c) std::fill_n(out + c * Bp + B, Bp - B, acc_t(0));
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t c = c0; c < c1; ++c) xt[c * Bp + b] = static_cast<acc_t>(x[b * n + c]);
+      for (int64_t c = c0; c < c1; ++c) out[c * Bp + b] = static_cast<acc_t>(x[b * n + c]);
   });
   return xt;
 }
@@ -290,8 +292,8 @@ void grad_values_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* gy, con
   using acc_t = typename AccOf<scalar_t>::type;
   using Vec = at::vec::Vectorized<acc_t>;
   const int64_t vectors = (B + Vec::size() - 1) / Vec::size(), Bp = vectors * Vec::size();
-  const std::vector<acc_t> xt = transpose_padded<scalar_t, acc_t>(x, B, w.in, Bp);
-  const std::vector<acc_t> gyt = transpose_padded<scalar_t, acc_t>(gy, B, w.rows, Bp);
+  const HugePageArray<acc_t> xt = transpose_padded<scalar_t, acc_t>(x, B, w.in, Bp);
+  const HugePageArray<acc_t> gyt = transpose_padded<scalar_t, acc_t>(gy, B, w.rows, Bp);
   parallel_over_rows(w.row_ptr, w.rows, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const acc_t* g = gyt.data() + r * Bp;
@@ -318,16 +320,18 @@ void grad_input_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* gy, scal
   using acc_t = typename AccOf<scalar_t>::type;
   using Vec = at::vec::Vectorized<acc_t>;
   const int64_t Bp = B == 1 ? 1 : (B + Vec::size() - 1) / Vec::size() * Vec::size();
-  const std::vector<acc_t> gyt = transpose_padded<scalar_t, acc_t>(gy, B, w.rows, Bp);
+  const HugePageArray<acc_t> gyt = transpose_padded<scalar_t, acc_t>(gy, B, w.rows, Bp);
   // One accumulator per part; at most 256 MiB of them, and never more parts than threads.
   const int64_t part_bytes = std::max<int64_t>(1, w.in * Bp * static_cast<int64_t>(sizeof(acc_t)));
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(
       {at::get_num_threads(), (int64_t{256} << 20) / part_bytes, std::max<int64_t>(w.rows, 1)}));
   const auto splits = balanced_row_splits(w.row_ptr, w.rows, parts);
-  std::vector<acc_t> accs(static_cast<size_t>(parts * w.in * Bp), acc_t(0));
+  HugePageArray<acc_t> accs(static_cast<size_t>(parts * w.in * Bp));  // scattered into at random
+  acc_t* sums = accs.data();
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      acc_t* acc = accs.data() + p * w.in * Bp;
+      acc_t* acc = sums + p * w.in * Bp;
+      std::fill_n(acc, w.in * Bp, acc_t(0));
       for (int64_t r = splits[p]; r < splits[p + 1]; ++r) {
         const acc_t* g = gyt.data() + r * Bp;
         for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) {
@@ -347,11 +351,11 @@ void grad_input_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* gy, scal
   // Sum the parts and write (B, in), in column blocks.
   at::parallel_for(0, w.in, 256, [&](int64_t c0, int64_t c1) {
     for (int64_t p = 1; p < parts; ++p) {
-      const acc_t* src = accs.data() + p * w.in * Bp;
-      for (int64_t i = c0 * Bp; i < c1 * Bp; ++i) accs[i] += src[i];
+      const acc_t* src = sums + p * w.in * Bp;
+      for (int64_t i = c0 * Bp; i < c1 * Bp; ++i) sums[i] += src[i];
     }
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t c = c0; c < c1; ++c) gx[b * w.in + c] = static_cast<scalar_t>(accs[c * Bp + b]);
+      for (int64_t c = c0; c < c1; ++c) gx[b * w.in + c] = static_cast<scalar_t>(sums[c * Bp + b]);
   });
 }
 
