@@ -374,7 +374,8 @@ def suite_jobs(ctx):
             for p in [p for p in KERNELS[kernel] if ctx.wants(p)]:
                 def job(p=p, kernel=kernel, tshapes=tshapes, amount=amount, shape=shape,
                         numel=numel, warmup=warmup, reps=reps, nbytes=nbytes, check=check):
-                    r = ctx.call(measure, p, kernel, tshapes, amount, device, warmup, reps, True)
+                    r = ctx.call(measure, p, kernel, tshapes, amount, device, warmup, reps,
+                                 ctx.mode != "tiny")  # evict the caches between repeats
                     return [C.suite_row("prune", kernel, p, shape, device=device, dtype="float32",
                                         size=numel, sparsity=amount, result=r, nbytes=nbytes,
                                         stock=SUITE_STOCK[kernel], note=notes.get(p, ""),

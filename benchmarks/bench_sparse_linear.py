@@ -379,7 +379,7 @@ def suite_jobs(ctx):
                         return rows
                     jobs.append((f"sparse_linear {p} {shape} {dname} {sparsity}", job))
 
-    if device == "cpu":
+    if device == "cpu" and ctx.mode != "tiny":  # (tiny: no CPU peak memory, it takes seconds)
         def peaks():  # after all timing, in one fresh process: RSS peaks of one call each
             todo = [r for r in all_rows if r["status"] == "ok"]
             cases = [r["_peak_case"] for r in todo]

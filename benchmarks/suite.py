@@ -54,6 +54,9 @@ def parse_args(argv=None):
                    help="folder of the CSV, JSON, markdown and plots (default benchmarks/results)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no job after this many seconds; the rest are reported as skipped "
+                        "and the results are still written (scripts/gpu_check.sh uses it)")
     p.add_argument("--no-isolate", action="store_true",
                    help="CPU: measure in this process (faster, but peak memory is unreliable)")
     args = p.parse_args(argv)
@@ -216,6 +219,12 @@ def main(argv=None) -> int:
     try:
         for area, label, job in plan:
             progress.step(label)
+            if args.time_budget is not None and time.time() - started > args.time_budget:
+                if not label.endswith(("(CPU)",)) and " check " not in label:
+                    rows.append(C.suite_row(area, "?", label, "?", device=device, dtype="?",
+                                            result={"error": "skipped: the --time-budget ran out"}))
+                progress.finished()
+                continue
             try:
                 rows += job()
             except Exception as e:  # a broken job: report it and go on
