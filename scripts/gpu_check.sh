@@ -11,7 +11,8 @@
 # Liger-Kernel (a peer of the distillation benchmark): if it is not importable and .whl/ holds
 # its wheel, it is installed offline into /tmp/site.
 #   bash scripts/gpu_check.sh            # BUILD_TIMEOUT, TEST_TIMEOUT, MEMCHECK_TIMEOUT,
-#                                        # BENCH_TIMEOUT (seconds) override the step limits
+#                                        # BENCH_TIMEOUT (seconds) override the step limits;
+#                                        # PACK=1 leaves one gpu_check.tar.gz in $OUT
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_$(date -u +%Y%m%d-%H%M%S)}
@@ -68,5 +69,8 @@ bench_s=$(cap "${BENCH_TIMEOUT:-600}")
 timeout "$bench_s" python3 -m benchmarks --full --device cuda --out "$OUT" --no-progress \
   --time-budget $(( bench_s > 40 ? bench_s - 25 : bench_s / 2 )) > "$OUT/bench.log" 2>&1 || status=1
 tail -80 "$OUT/bench.log"
+if [ "${PACK:-0}" = 1 ]; then  # one file instead of a dozen (for transfers that limit the count)
+  (cd "$OUT" && tar -czf ../gpu_check.tar.gz . && rm -f -- * && mv ../gpu_check.tar.gz .)
+fi
 echo "== done in $(elapsed), status $status; logs and results in $OUT"
 exit $status
