@@ -3,5 +3,5 @@ import sys
 
 from .suite import main
 
-if __name__ == "__main__":  # (spawned measurement processes import this module too)
+if __name__ == "__main__":  # (the measurement processes import this module too)
     sys.exit(main())

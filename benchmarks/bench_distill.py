@@ -16,7 +16,7 @@ Providers (each one step = loss + loss.backward() w.r.t. the student; teacher wi
 Bandwidth counts the floor bytes 3*N*V*elem: student and teacher read once, gradient written once.
 Peak memory is what one step needs beyond its inputs (the gradient included). CUDA: the caching
 allocator's max_memory_allocated during the step minus memory_allocated before it. CPU: each
-(provider, shape, dtype) runs in a fresh spawned process; after warm-up and timing, the peak RSS
+(provider, shape, dtype) runs in a fresh process (_common.run_isolated); after warm-up and timing, the peak RSS
 (VmHWM, reset through /proc/self/clear_refs) of a step minus the RSS just before it, the smaller
 of two steps (see _common.cpu_peak_extra_bytes).
 """
@@ -329,7 +329,7 @@ def main(argv=None) -> int:
 # python -m benchmarks calls suite_jobs(); rows come back in the common schema (_common.ROW_FIELDS).
 SUITE = {  # shapes, dtypes, (warmup, reps) by mode; None: DEFAULT_REPS of the device
     "tiny": ("64x1000", "float32", (1, 3)),
-    "quick": ("256x8000,512x16000,1024x32000", "float32", QUICK_REPS),
+    "quick": ("256x8000,512x32000", "float32", (1, 8)),
     "full": ("512x8000,1024x32000,4096x32000,1024x128256", "float32,bfloat16", None),
 }
 ROTATE_BYTES = {"cpu": 256 * C.MiB, "cuda": 256 * C.MiB}  # > the L2 (CUDA); up to 8 input copies

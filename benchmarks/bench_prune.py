@@ -333,7 +333,7 @@ def main(argv=None) -> int:
 # python -m benchmarks calls suite_jobs(); rows come back in the common schema (_common.ROW_FIELDS).
 SUITE = {  # per-tensor shapes, amounts, quick model?, (warmup, reps) (None: by device and size)
     "tiny": ("128x128", "0.5", True, (1, 2)),
-    "quick": ("512x512,1024x1024,2048x2048", "0.9", True, QUICK_REPS),
+    "quick": ("512x512,2048x2048", "0.9", True, QUICK_REPS),
     "full": ("1024x1024,4096x4096,16384x4096", "0.5,0.9", False, None),
 }
 SUITE_STOCK = {"prune_tensor": "torch_prune", "prune_global": "torch_global", "select_100m": "topk"}

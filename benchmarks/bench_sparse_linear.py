@@ -311,7 +311,7 @@ def main(argv=None) -> int:
 # python -m benchmarks calls suite_jobs(); rows come back in the common schema (_common.ROW_FIELDS).
 SUITE = {  # shapes, sparsities, batches, dtypes, reps (None: DEFAULT_REPS), rotate MiB (None: default)
     "tiny": ([(256, 256)], [0.5, 0.9], [1, 4], ["float32"], 3, 1),
-    "quick": ([(4096, 4096)], [0.5, 0.7, 0.9, 0.95, 0.99], [1, 16], ["float32"], None, 256),
+    "quick": ([(4096, 4096)], [0.5, 0.7, 0.9, 0.99], [1, 16], ["float32"], 7, 256),
     "full": (SHAPES, SPARSITIES, BATCHES, list(DTYPES), None, None),
 }
 SUITE_NOTES = {"torch_compile": "torch.compile of F.linear (dense)", "torch_csr": "torch.sparse.mm, CSR",
