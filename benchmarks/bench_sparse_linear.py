@@ -125,6 +125,8 @@ def measure_batches(provider, w, batches, device, warmup, reps, rotate_bytes, pe
     except (RuntimeError, NotImplementedError, ValueError, TypeError) as e:
         # e.g. no CSR matmul for this dtype, no semi-structured kernel for this dtype or shape
         msg = str(e).splitlines()[0][:100] if str(e) else type(e).__name__
+        if provider in ("sparsedistill", "reference"):  # ours must run: an error, not a skip
+            return [{"error": f"{type(e).__name__}: {msg}"}] * len(batches)
         return [{"error": msg if msg.startswith("unsupported") else f"unsupported: {msg}"}] * len(batches)
     out = []
     for batch in batches:

@@ -215,13 +215,14 @@ def main(argv=None) -> int:
         plan += [(area, label, job) for label, job in jobs]
     progress = C.Progress(enabled=not args.no_progress)
     progress.add(len(plan))
-    failures = []
+    failures, area_s = [], {a: 0.0 for a in args.areas}
     try:
         for area, label, job in plan:
             progress.step(label)
+            t0 = time.time()
             if args.time_budget is not None and time.time() - started > args.time_budget:
                 if not label.endswith(("(CPU)",)) and " check " not in label:
-                    rows.append(C.suite_row(area, "?", label, "?", device=device, dtype="?",
+                    rows.append(C.suite_row(area, area, label, "(not run)", device=device, dtype="*",
                                             result={"error": "skipped: the --time-budget ran out"}))
                 progress.finished()
                 continue
@@ -230,8 +231,9 @@ def main(argv=None) -> int:
             except Exception as e:  # a broken job: report it and go on
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
                 failures.append(f"{label}: {msg}")
-                rows.append(C.suite_row(area, "?", label, "?", device=device, dtype="?",
+                rows.append(C.suite_row(area, area, label, "(failed)", device=device, dtype="*",
                                         result={"error": msg}))
+            area_s[area] += time.time() - t0
             progress.finished()
     finally:
         progress.close()
@@ -255,7 +257,8 @@ def main(argv=None) -> int:
     write_csv(stem + ".csv", clean, machine)
     C.write_json(stem + ".json", {"machine": machine, "device": device, "mode": args.mode,
                                   "areas": args.areas, "copy_bandwidth_gbps": ctx.copy_bw,
-                                  "backend": info, "wall_s": round(wall, 1), "schema": C.ROW_FIELDS,
+                                  "backend": info, "wall_s": round(wall, 1),
+                                  "area_wall_s": {a: round(t, 1) for a, t in area_s.items()}, "schema": C.ROW_FIELDS,
                                   "checks": ctx.checks, "rows": clean})
     plots, why = ([], "--no-plots") if args.no_plots else make_plots(rows, stem)
     md = text + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in plots]
@@ -263,7 +266,7 @@ def main(argv=None) -> int:
     print(f"wrote {stem}.csv, .json, .md" + "".join(f"\nplot: {p}" for p in plots))
     if why:
         print(f"plots skipped: {why}")
-    print(f"wall time {wall:.0f} s")
+    print(f"wall time {wall:.0f} s (" + ", ".join(f"{a} {t:.0f} s" for a, t in area_s.items()) + ")")
     ours_failed = [r for r in rows if r["status"] == "error" and r["provider"] in OURS]
     for f in failures:
         print(f"job failed: {f}")
