@@ -43,7 +43,7 @@ def parse_args(argv=None):
     mode.add_argument("--quick", dest="mode", action="store_const", const="quick",
                       help="small sizes, few repeats (the default; under 5 minutes on 2 CPU cores)")
     mode.add_argument("--full", dest="mode", action="store_const", const="full",
-                      help="the sizes of the committed results (CPU: about 30 minutes)")
+                      help="the sizes of the committed results (tens of minutes on 2 CPU cores)")
     mode.add_argument("--tiny", dest="mode", action="store_const", const="tiny",
                       help="tiny sizes, no torch.compile: checks the plumbing in seconds")
     p.add_argument("--only", help=f"comma-separated areas from {', '.join(AREAS)}")
