@@ -184,27 +184,79 @@ def peak_extra_bytes(step, device: str, repeats: int = 1, reset=None) -> tuple[i
     return best, method
 
 
-def copy_bandwidth_gbps(device: str, nbytes: int = 1 << 30, reps: int = 20) -> float | None:
-    """Achievable memory bandwidth: a large device-to-device copy, (read + write) / time."""
-    if device != "cuda":
-        return None
+def copy_bandwidth_gbps(device: str, nbytes: int | None = None, reps: int | None = None) -> float | None:
+    """Achievable memory bandwidth: a large copy on the device (all torch threads on CPU),
+    (read + write) / median time. Default 1 GiB x 20 on CUDA, 256 MiB x 10 on CPU."""
+    if nbytes is None:
+        nbytes = (1 << 30) if device == "cuda" else (256 << 20)
+    reps = reps or (20 if device == "cuda" else 10)
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
     ms = percentile(time_steps(lambda: dst.copy_(src), device, reps), 50)
     src = dst = None  # free both before handing the memory back
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+_FLUSH: dict = {}
+
+
+def last_level_cache_bytes() -> int | None:
+    """Size of the CPU's last-level cache (sysfs), or None."""
+    best = None
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for idx in os.listdir(base):
+            with open(os.path.join(base, idx, "size")) as f:
+                txt = f.read().strip().upper()
+            mult = {"K": 1024, "M": 1024 ** 2}.get(txt[-1], 1)
+            size = int(txt.rstrip("KM")) * mult
+            best = size if best is None else max(best, size)
+    except (OSError, ValueError):
+        pass
+    return best
+
+
+def flush_cache(device: str) -> None:
+    """Evicts the caches (untimed, between repeats): writes a buffer of twice the last-level
+    cache (CUDA: the L2, at least 128 MiB; CPU: the LLC, within 64..256 MiB, since a VM may
+    report its host's whole cache)."""
+    if device not in _FLUSH:
+        if device == "cuda":
+            l2 = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 0)
+            nbytes = max(2 * (l2 or 0), 128 * MiB)
+        else:
+            nbytes = min(max(2 * (last_level_cache_bytes() or 0), 64 * MiB), 256 * MiB)
+        _FLUSH[device] = torch.empty(nbytes // 4, dtype=torch.float32, device=device)
+    _FLUSH[device].zero_()
 
 
 # ----------------------------------------------------------------------------- isolation
 
+_MP_CONTEXT = []
+
+
+def _isolation_context():
+    """A fork server that has imported torch and sparsedistill (and never ran an op, so it
+    holds no OpenMP threads) where Linux has one: each child is a fresh fork of it, ready in
+    milliseconds instead of the seconds of a spawned interpreter's imports. Else spawn."""
+    if not _MP_CONTEXT:
+        try:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(["torch", "sparsedistill"])
+        except ValueError:
+            ctx = multiprocessing.get_context("spawn")
+        _MP_CONTEXT.append(ctx)
+    return _MP_CONTEXT[0]
+
+
 def run_isolated(fn, *args, **kwargs):
-    """fn(*args, **kwargs) in a fresh spawned process (fn must be importable at module level);
-    its result comes back pickled. A child that dies (killed for memory, say) raises."""
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    """fn(*args, **kwargs) in a fresh process (fn must be importable at module level); its
+    result comes back pickled. A child that dies (killed for memory, say) raises."""
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=_isolation_context()) as pool:
         return pool.submit(fn, *args, **kwargs).result()
 
 
@@ -245,3 +297,166 @@ def write_text(path: str, text: str) -> None:
 
 def write_json(path: str, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- the suite
+# One schema for every area's rows (python -m benchmarks writes them to one CSV and JSON).
+ROW_FIELDS = ["area", "kernel", "provider", "case", "size", "sparsity", "batch", "dtype", "device",
+              "status", "p50_ms", "p20_ms", "p80_ms", "reps", "peak_bytes", "stock_provider",
+              "speedup_vs_stock", "speedup_vs_compile", "gbps", "gflops", "frac_copy_bw",
+              "check", "note"]
+MACHINE_FIELDS = ["cpu_model", "cores", "gpu_name", "torch_version", "git_commit", "timestamp"]
+CSV_COLUMNS = ROW_FIELDS + MACHINE_FIELDS
+COMPILE_PROVIDER = "torch_compile"
+
+
+def suite_row(area: str, kernel: str, provider: str, case: str, *, device: str, dtype: str,
+              size: int | None = None, sparsity: float | None = None, batch: int | None = None,
+              result: dict | None = None, nbytes: int | None = None, flops: int | None = None,
+              stock: str | None = None, check: str = "", note: str = "") -> dict:
+    """A row of the common schema from one measurement (`result`: what measure() returned, a
+    dict with p20/p50/p80_ms, reps, peak_bytes, or an "error"; "unsupported: ..." and
+    "skipped: ..." errors make a skipped row). nbytes / flops: the work of one call, from which
+    derive_suite() makes GB/s and GFLOP/s."""
+    row = {k: None for k in ROW_FIELDS}
+    row.update(area=area, kernel=kernel, provider=provider, case=case, size=size, sparsity=sparsity,
+               batch=batch, dtype=dtype, device=device, stock_provider=stock, check=check,
+               note=note, bytes=nbytes, flops=flops, status="ok")
+    result = result or {}
+    if "error" in result:
+        err = str(result["error"])
+        skipped = err.startswith(("unsupported", "skipped"))
+        row["status"] = "skipped" if skipped else "error"
+        err = err[len("skipped: "):] if err.startswith("skipped: ") else err
+        row["note"] = (note + "; " if note else "") + err
+    for k in ("p50_ms", "p20_ms", "p80_ms", "reps", "peak_bytes"):
+        if k in result:
+            row[k] = result[k]
+    return row
+
+
+def skipped_row(area: str, kernel: str, provider: str, device: str, reason: str,
+                stock: str | None = None) -> dict:
+    """One row saying a provider did not run in this area (a missing peer, a CUDA-only path)."""
+    return suite_row(area, kernel, provider, "*", device=device, dtype="*", stock=stock,
+                     result={"error": f"skipped: {reason}"})
+
+
+def derive_suite(rows: list[dict], copy_bw: float | None) -> None:
+    """Speedup over the row's stock provider and over torch.compile of it, measured in the same
+    run on the same case; GB/s and GFLOP/s from the row's bytes and flops; GB/s as a fraction
+    of the copy bandwidth measured by the run."""
+    def key(r):
+        return (r["area"], r["kernel"], r["case"], r["dtype"], r["sparsity"], r["batch"])
+    p50 = {key(r) + (r["provider"],): r["p50_ms"] for r in rows if r["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok" or not r["p50_ms"]:
+            continue
+        base = p50.get(key(r) + (r["stock_provider"],)) if r["stock_provider"] else None
+        comp = p50.get(key(r) + (COMPILE_PROVIDER,))
+        r["speedup_vs_stock"] = base / r["p50_ms"] if base else None
+        r["speedup_vs_compile"] = comp / r["p50_ms"] if comp else None
+        sec = r["p50_ms"] * 1e-3
+        r["gbps"] = r["bytes"] / sec / 1e9 if r.get("bytes") else None
+        r["gflops"] = r["flops"] / sec / 1e9 if r.get("flops") else None
+        r["frac_copy_bw"] = r["gbps"] / copy_bw if (r["gbps"] and copy_bw) else None
+
+
+class Progress:
+    """A progress bar on stderr: tqdm when it is installed, else a plain one (one line per
+    step when stderr is not a terminal). total grows as the areas plan their jobs."""
+
+    def __init__(self, enabled: bool = True):
+        import sys
+        self.enabled, self.total, self.done, self._bar = enabled, 0, 0, None
+        self._stream, self._tty = sys.stderr, sys.stderr.isatty()
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=0, file=sys.stderr, unit="job", dynamic_ncols=True,
+                                 bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}]")
+            except ImportError:
+                self._bar = None
+
+    def add(self, n: int) -> None:
+        self.total += n
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
+    def step(self, label: str) -> None:
+        """Call before a job starts: shows the job's label."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.set_description_str(label[:48], refresh=True)
+            return
+        width, frac = 28, self.done / max(self.total, 1)
+        bar = "#" * int(width * frac) + "." * (width - int(width * frac))
+        line = f"[{bar}] {self.done}/{self.total} {label}"
+        self._stream.write(("\r" + line[:110].ljust(110)) if self._tty else line + "\n")
+        self._stream.flush()
+
+    def finished(self) -> None:
+        """Call after a job ends."""
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled and self._tty:
+            self._stream.write("\n")
+            self._stream.flush()
+
+
+class SuiteContext:
+    """What an area needs from the runner: the device, the mode (tiny / quick / full), the
+    provider filter, the copy bandwidth, and a place for correctness checks."""
+
+    def __init__(self, device: str, mode: str, providers: set | None = None,
+                 copy_bw: float | None = None, isolate: bool = True):
+        self.device, self.mode, self.providers = device, mode, providers
+        self.copy_bw, self.isolate = copy_bw, isolate
+        self.checks: list[dict] = []
+
+    def wants(self, provider: str) -> bool:
+        if self.providers is not None:
+            return provider in self.providers
+        return not (self.mode == "tiny" and provider == COMPILE_PROVIDER)  # tiny: no compiles
+
+    def pick(self, by_mode: dict):
+        return by_mode[self.mode]
+
+    def call(self, fn, *args):
+        """fn(*args), in a fresh process on CPU when measurements are isolated (peak RSS)."""
+        if self.device == "cpu" and self.isolate:
+            try:
+                return run_isolated(fn, *args)
+            except Exception as e:  # the child died
+                return {"error": f"child process failed: {type(e).__name__}: {e}"[:160]}
+        return fn(*args)
+
+
+def git_commit(repo: str) -> str:
+    """`git rev-parse HEAD` of the repository (with "-dirty" when the tree has changes)."""
+    import subprocess
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (sha + "-dirty" if dirty else sha) if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_machine(device: str, repo: str) -> dict:
+    """The machine and software of a run, for the CSV columns and the JSON header."""
+    info = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "",
+            "torch_version": torch.__version__, "cuda_version": torch.version.cuda or "",
+            "python": platform.python_version(), "git_commit": git_commit(repo),
+            "device": device, "detail": machine_info(device)["detail"]}
+    return info

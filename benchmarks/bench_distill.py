@@ -10,11 +10,13 @@ Providers (each one step = loss + loss.backward() w.r.t. the student; teacher wi
   torch_compile  the same function under torch.compile (compile time excluded by the warm-up)
   liger          Liger's Triton KL kernel on log_softmax(s/T), log_softmax(t/T) (log_target=True)
                  + F.cross_entropy; CUDA only, when liger_kernel imports
+  reference      sparsedistill._reference.distill_loss called directly (the pure-PyTorch kernel
+                 that serves the op without the native build; it computes the gradient itself)
   sparsedistill  sparsedistill.distillation_loss (the fused kernel)
 Bandwidth counts the floor bytes 3*N*V*elem: student and teacher read once, gradient written once.
 Peak memory is what one step needs beyond its inputs (the gradient included). CUDA: the caching
 allocator's max_memory_allocated during the step minus memory_allocated before it. CPU: each
-(provider, shape, dtype) runs in a fresh spawned process; after warm-up and timing, the peak RSS
+(provider, shape, dtype) runs in a fresh process (_common.run_isolated); after warm-up and timing, the peak RSS
 (VmHWM, reset through /proc/self/clear_refs) of a step minus the RSS just before it, the smaller
 of two steps (see _common.cpu_peak_extra_bytes).
 """
@@ -29,10 +31,13 @@ import torch
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import _common as C  # noqa: E402
+if __package__:  # python -m benchmarks (the suite) imports this as benchmarks.bench_distill
+    from . import _common as C
+else:  # python benchmarks/bench_distill.py
+    sys.path.insert(0, HERE)
+    import _common as C  # noqa: E402
 
-PROVIDERS = ["torch_eager", "torch_compile", "liger", "sparsedistill"]
+PROVIDERS = ["torch_eager", "torch_compile", "liger", "reference", "sparsedistill"]
 SHAPES, QUICK_SHAPES = "4096x32000,1024x128256", "512x8000"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_REPS = {"cpu": (1, 5), "cuda": (10, 50)}  # (warmup, reps); this CPU is shared and noisy
@@ -83,6 +88,17 @@ def make_loss_fn(provider: str, device: str, T: float, alpha: float):
         if sd is None:
             raise RuntimeError("sparsedistill is not importable")
         return lambda s, t, y: sd.distillation_loss(s, t, y, T=T, alpha=alpha)
+    if provider == "reference":
+        from sparsedistill import _reference as R
+
+        def reference(s, t, y):  # per-row loss and the gradient of the mean, in one call
+            n = s.shape[0]
+            scale = torch.tensor(1.0 / max(n, 1), device=s.device)
+            loss, _, _, grad = R.distill_loss(s.detach(), t, y, scale, T, alpha, 0.5, R.FORWARD_KL,
+                                              -100, True)
+            s.grad = grad
+            return loss.sum() / max(n, 1)
+        return reference
     if provider == "liger":
         if device != "cuda":
             raise RuntimeError("liger runs on CUDA only (Triton)")
@@ -111,21 +127,33 @@ def make_step(loss_fn, s, t, y):
     def step():
         s.grad = None
         loss = loss_fn(s, t, y)
-        loss.backward()
+        if loss.requires_grad:  # the reference provider sets s.grad itself
+            loss.backward()
         return loss
     return step
 
 
-def measure(provider, n, v, dtype_name, device, T, alpha, warmup, reps) -> dict:
+def measure(provider, n, v, dtype_name, device, T, alpha, warmup, reps, rotate_bytes=0) -> dict:
     """Times and peak extra memory of one provider on one shape/dtype. On CPU this runs in a
-    fresh child process (run_isolated), so the peak RSS belongs to this step alone."""
+    fresh child process (run_isolated), so the peak RSS belongs to this step alone.
+    rotate_bytes: the timed steps cycle through copies of the inputs (at most 8), at least this
+    many bytes of logits in all, so that small shapes are not timed from the cache."""
     try:
         loss_fn = make_loss_fn(provider, device, T, alpha)
-        s, t, y = make_inputs(n, v, DTYPES[dtype_name], device)
-        step = make_step(loss_fn, s, t, y)
+        sets = max(1, min(8, -(-rotate_bytes // (2 * n * v * DTYPES[dtype_name].itemsize))))
+        inputs = [make_inputs(n, v, DTYPES[dtype_name], device, seed=i) for i in range(sets)]
+        steps = [make_step(loss_fn, *inp) for inp in inputs]
+        s = inputs[0][0]
+        step, turn = steps[0], {"i": 0}
+
+        def rotated():
+            steps[turn["i"] % sets]()
+            turn["i"] += 1
         for _ in range(max(warmup, 1)):  # >= 1: torch.compile compiles here
-            step()
-        out = C.summarize_ms(C.time_steps(step, device, reps))
+            rotated()
+        out = C.summarize_ms(C.time_steps(rotated, device, reps))
+        for other in inputs[1:]:
+            other[0].grad = None
         # last (on CPU it retunes malloc); the inputs are resident, the old gradient is not
         peak, method = C.peak_extra_bytes(step, device, repeats=2 if device == "cpu" else 1,
                                           reset=lambda: setattr(s, "grad", None))
@@ -147,7 +175,7 @@ def check_correctness(providers, n, v, dtype_name, device, T, alpha) -> list[dic
     s, t, y = make_inputs(n, v, DTYPES[dtype_name], device)
     ref_loss = make_step(make_loss_fn("torch_eager", device, T, alpha), s, t, y)().detach()
     ref_grad, tol, out = s.grad, TOLERANCE[DTYPES[dtype_name]], []
-    for p in [p for p in providers if p in ("sparsedistill", "liger")]:
+    for p in [p for p in providers if p in ("sparsedistill", "reference", "liger")]:
         try:
             loss = make_step(make_loss_fn(p, device, T, alpha), s, t, y)()
             le, ge = rel_err(loss, ref_loss), rel_err(s.grad, ref_grad)
@@ -295,6 +323,56 @@ def main(argv=None) -> int:
     if args.markdown:
         C.write_text(args.markdown, text)
     return 0
+
+
+# ----------------------------------------------------------------------------- the suite
+# python -m benchmarks calls suite_jobs(); rows come back in the common schema (_common.ROW_FIELDS).
+SUITE = {  # shapes, dtypes, (warmup, reps) by mode; None: DEFAULT_REPS of the device
+    "tiny": ("64x1000", "float32", (1, 3)),
+    "quick": ("256x8000,512x32000", "float32", (1, 8)),
+    "full": ("512x8000,1024x32000,4096x32000,1024x128256", "float32,bfloat16", None),
+}
+ROTATE_BYTES = {"cpu": 256 * C.MiB, "cuda": 256 * C.MiB}  # > the L2 (CUDA); up to 8 input copies
+
+
+def suite_jobs(ctx, T: float = 4.0, alpha: float = 0.5):
+    """(skipped rows, [(label, job)]): each job returns a list of rows."""
+    device = ctx.device
+    shapes, dtypes, reps = SUITE[ctx.mode]
+    warmup, reps = reps or DEFAULT_REPS[device]
+    if device == "cuda" and ctx.mode == "quick":
+        warmup, reps = 5, 20
+    skipped, runnable = [], []
+    for p in [p for p in PROVIDERS if ctx.wants(p)]:
+        try:
+            make_loss_fn(p, device, T, alpha) if p != "torch_compile" else None
+            runnable.append(p)
+        except RuntimeError as e:
+            skipped.append(C.skipped_row("distill", "distill_loss", p, device, str(e), "torch_eager"))
+    backend = backend_name(device)
+    notes = {"sparsedistill": backend, "reference": "sparsedistill._reference (pure PyTorch)",
+             "torch_compile": "torch.compile of torch_eager"}
+    checks: dict = {}
+    jobs = []
+    for n, v in (tuple(int(x) for x in s.split("x")) for s in shapes.split(",")):
+        for dt in dtypes.split(","):
+            def check(n=n, v=v, dt=dt):
+                out = check_correctness(runnable, n, v, dt, device, T, alpha)
+                for c in out:
+                    checks[(c["provider"], n, v, dt)] = c["status"]
+                    ctx.checks.append({"area": "distill", **c})
+                return []
+            jobs.append((f"distill check {n}x{v} {dt}", check))
+            for p in runnable:
+                def job(p=p, n=n, v=v, dt=dt):
+                    r = ctx.call(measure, p, n, v, dt, device, T, alpha, warmup, reps,
+                                 ROTATE_BYTES[device])
+                    return [C.suite_row("distill", "distill_loss", p, f"{n}x{v}", device=device,
+                                        dtype=dt, size=n * v, result=r, stock="torch_eager",
+                                        nbytes=3 * n * v * DTYPES[dt].itemsize,
+                                        check=checks.get((p, n, v, dt), ""), note=notes.get(p, ""))]
+                jobs.append((f"distill {p} {n}x{v} {dt}", job))
+    return skipped, jobs
 
 
 if __name__ == "__main__":

@@ -29,19 +29,25 @@ import torch
 from torch.nn.utils import prune
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import _common as C  # noqa: E402
+if __package__:  # python -m benchmarks (the suite) imports this as benchmarks.bench_prune
+    from . import _common as C
+else:  # python benchmarks/bench_prune.py
+    sys.path.insert(0, HERE)
+    import _common as C  # noqa: E402
 
 try:
     import sparsedistill as sd
 except ImportError:  # an in-place build next to benchmarks/
     sys.path.insert(1, os.path.dirname(HERE))
     import sparsedistill as sd
+from sparsedistill import _prune_reference as PR  # noqa: E402
 
-KERNELS = {"prune_tensor": ["torch_prune", "kthvalue", "sparsedistill"],
-           "prune_global": ["torch_global", "sparsedistill"],
-           "select_100m": ["topk", "sort", "sparsedistill"]}
+KERNELS = {"prune_tensor": ["torch_prune", "kthvalue", "torch_compile", "reference", "sparsedistill"],
+           "prune_global": ["torch_global", "reference", "sparsedistill"],
+           "select_100m": ["topk", "sort", "reference", "sparsedistill"]}
 STOCK = ["torch_prune", "kthvalue", "torch_global", "topk", "sort"]
+OTHERS = ["torch_compile", "reference", "sparsedistill"]  # torch.compile of kthvalue; the pure-
+# PyTorch reference (sparsedistill._prune_reference.select_smallest, a stable sort); ours
 SHAPES, QUICK_SHAPES = "4096x4096,16384x4096", "512x512"
 SELECT_SHAPE, QUICK_SELECT_SHAPE = (10000, 10000), (1000, 1000)
 DEFAULT_REPS = {"cpu": (1, 5), "cuda": (5, 20)}  # (warmup, reps)
@@ -98,8 +104,17 @@ def make_step(provider, kernel, ws, amount):
         return setup, step
     if provider == "kthvalue":
         def step():
-            a = w.abs()
-            w.mul_(a > a.flatten().kthvalue(k).values)
+            kth_prune(w, k)
+    elif provider == "torch_compile":
+        compiled = torch.compile(kth_prune, dynamic=False)
+        step = lambda: compiled(w, k)  # noqa: E731
+    elif provider == "reference":
+        def step():
+            keeps = PR.select_smallest(ws, None, k, True)
+            if kernel == "select_100m":
+                return keeps[0]
+            for t, m in zip(ws, keeps):
+                t.mul_(m)
     elif provider == "topk":
         def step():
             a = w.abs()
@@ -117,16 +132,24 @@ def make_step(provider, kernel, ws, amount):
     return restore, step
 
 
-def measure(provider, kernel, shapes, amount, device, warmup, reps) -> dict:
-    """Times (each rep after its own untimed setup) and peak extra memory of one step."""
+def kth_prune(w, k):
+    a = w.abs()
+    w.mul_(a > a.flatten().kthvalue(k).values)
+
+
+def measure(provider, kernel, shapes, amount, device, warmup, reps, flush=False) -> dict:
+    """Times (each rep after its own untimed setup) and peak extra memory of one step.
+    flush: evict the caches after each setup (which leaves the weights cached)."""
     try:
         setup, step = make_step(provider, kernel, make_weights(shapes, device), amount)
-        for _ in range(warmup):
+        for _ in range(max(warmup, 1) if provider == "torch_compile" else warmup):
             setup()
             step()
         times = []
         for _ in range(reps):
             setup()
+            if flush:
+                C.flush_cache(device)
             times += C.time_steps(step, device, 1)
         peak, method = C.peak_extra_bytes(step, device, repeats=2 if device == "cpu" else 1,
                                           reset=setup)
@@ -234,8 +257,8 @@ def main(argv=None) -> int:
     device = C.resolve_device(args.device)
     amounts = [float(a) for a in args.amounts.split(",")]
     providers = [p.strip() for p in args.providers.split(",")]
-    if not all(0 < a <= 1 for a in amounts) or not set(providers) <= set(STOCK + ["sparsedistill"]):
-        raise SystemExit(f"--amounts: fractions in (0, 1]; --providers from {STOCK}, sparsedistill")
+    if not all(0 < a <= 1 for a in amounts) or not set(providers) <= set(STOCK + OTHERS):
+        raise SystemExit(f"--amounts: fractions in (0, 1]; --providers from {STOCK + OTHERS}")
     shapes = [tuple(int(x) for x in s.lower().split("x"))
               for s in (args.shapes or (QUICK_SHAPES if args.quick else SHAPES)).split(",")]
     model = model_shapes(args.quick)
@@ -302,6 +325,61 @@ def main(argv=None) -> int:
     if args.markdown:
         C.write_text(args.markdown, text)
     return 0
+
+
+# ----------------------------------------------------------------------------- the suite
+# python -m benchmarks calls suite_jobs(); rows come back in the common schema (_common.ROW_FIELDS).
+SUITE = {  # per-tensor shapes, amounts, quick model?, (warmup, reps) (None: by device and size)
+    "tiny": ("128x128", "0.5", True, (1, 2)),
+    "quick": ("512x512,2048x2048", "0.9", True, QUICK_REPS),
+    "full": ("1024x1024,4096x4096,16384x4096", "0.5,0.9", False, None),
+}
+SUITE_STOCK = {"prune_tensor": "torch_prune", "prune_global": "torch_global", "select_100m": "topk"}
+
+
+def suite_jobs(ctx):
+    """(skipped rows, [(label, job)]): each job returns a list of rows."""
+    device = ctx.device
+    shapes, amounts, quick_model, fixed_reps = SUITE[ctx.mode]
+    model = model_shapes(quick_model)
+    cases = [("prune_tensor", s, [tuple(int(x) for x in s.split("x"))]) for s in shapes.split(",")]
+    cases.append(("prune_global", f"{len(model)} tensors", model))
+    skipped = []
+    if device == "cuda":
+        sel = SELECT_SHAPE if ctx.mode == "full" else QUICK_SELECT_SHAPE
+        cases.append(("select_100m", f"{sel[0]}x{sel[1]}", [sel]))
+    else:
+        skipped.append(C.skipped_row("prune", "select_100m", "*", device,
+                                     "the keep-mask case (topk / sort) runs on CUDA only", "topk"))
+    backend = sd.backend_info()["ops"]["select_smallest"][device]
+    notes = {"sparsedistill": backend, "reference": "sparsedistill._prune_reference (sort)",
+             "torch_compile": "torch.compile of kthvalue", "torch_global": "global_unstructured"}
+    jobs = []
+    for kernel, shape, tshapes in cases:
+        numel = sum(a * b for a, b in tshapes)
+        warmup, reps = fixed_reps or (BIG_CPU_REPS if device == "cpu" and numel >= 2 ** 26
+                                      else DEFAULT_REPS[device])
+        nbytes = numel * 4 + (numel if kernel == "select_100m" else numel * 4)
+        for amount in (float(a) for a in amounts.split(",")):
+            check = {}
+
+            def check_job(kernel=kernel, tshapes=tshapes, amount=amount, shape=shape, check=check):
+                check["status"] = check_case(kernel, tshapes, amount, device)
+                ctx.checks.append({"area": "prune", "kernel": kernel, "shape": shape,
+                                   "amount": amount, "status": check["status"]})
+                return []
+            jobs.append((f"prune check {kernel} {shape} {amount}", check_job))
+            for p in [p for p in KERNELS[kernel] if ctx.wants(p)]:
+                def job(p=p, kernel=kernel, tshapes=tshapes, amount=amount, shape=shape,
+                        numel=numel, warmup=warmup, reps=reps, nbytes=nbytes, check=check):
+                    r = ctx.call(measure, p, kernel, tshapes, amount, device, warmup, reps,
+                                 ctx.mode != "tiny")  # evict the caches between repeats
+                    return [C.suite_row("prune", kernel, p, shape, device=device, dtype="float32",
+                                        size=numel, sparsity=amount, result=r, nbytes=nbytes,
+                                        stock=SUITE_STOCK[kernel], note=notes.get(p, ""),
+                                        check=check.get("status", "") if p == "sparsedistill" else "")]
+                jobs.append((f"prune {p} {kernel} {shape} {amount}", job))
+    return skipped, jobs
 
 
 if __name__ == "__main__":
