@@ -9,7 +9,7 @@ Kernels (float32 randn weights, k = round(amount * numel); restoring weights is 
                 kthvalue (a = w.abs(); w.mul_(a > a.flatten().kthvalue(k).values)),
                 sparsedistill (sparsedistill.magnitude_prune_(w, amount))
   prune_global  a 100-tensor model of 2**26 (67.1M) parameters: torch_global (global_unstructured
-                + prune.remove on each), sparsedistill (global_magnitude_masks + w.mul_(mask))
+                + prune.remove on each), sparsedistill (global_magnitude_prune_: masks and zeroing in one pass)
   select_100m   CUDA only, the keep-mask of 10000x10000: topk / sort thresholds (a > thr) vs
                 sparsedistill.magnitude_mask
 Peak memory: what one step needs beyond its inputs, as in bench_distill.py (CPU: each measurement
