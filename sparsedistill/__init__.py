@@ -20,16 +20,20 @@ from .sparse import SparseWeight, sparse_linear  # noqa: E402
 from .sparse_modules import SparseLinear, SparsifyReport, sparsify  # noqa: E402
 from .structured import (  # noqa: E402
     CubicSparsitySchedule, channel_norms, cubic_sparsity_schedule, group_norms, nm_mask,
-    shrink_conv_pair, shrink_linear_pair, shrink_mlp_, structured_mask, to_semi_structured,
+    shrink_conv_pair, shrink_dead_units_, shrink_linear_pair, shrink_mlp_, structured_mask,
+    to_semi_structured,
 )
+from .metrics import cpu_latency_ms, evaluate, model_stats  # noqa: E402
+from .train import MaskedPruner, fit_distill, train_hard_labels  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "distillation_loss", "DistillationLoss",
     "magnitude_mask", "magnitude_prune_", "global_magnitude_masks", "global_magnitude_prune_",
     "nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
-    "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_",
+    "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_", "shrink_dead_units_",
     "cubic_sparsity_schedule", "CubicSparsitySchedule",
     "SparseWeight", "sparse_linear", "SparseLinear", "sparsify", "SparsifyReport",
+    "MaskedPruner", "fit_distill", "train_hard_labels", "evaluate", "model_stats", "cpu_latency_ms",
     "prune", "backend_info", "__version__",
 ]

@@ -19,7 +19,8 @@ from torch import nn
 from .pruning import resolve_amount
 
 __all__ = ["nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
-           "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_", "cubic_sparsity_schedule",
+           "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_", "shrink_dead_units_",
+           "cubic_sparsity_schedule",
            "CubicSparsitySchedule"]
 
 
@@ -267,6 +268,64 @@ def shrink_mlp_(module: nn.Module, fc1_name: str, fc2_name: str, amount, n: floa
         parent, _, attr = name.rpartition(".")
         setattr(module.get_submodule(parent), attr, new)
     return keep
+
+
+# Modules that act on each unit alone (so a unit's value depends on that unit only).
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh,
+                nn.Sigmoid, nn.Hardtanh, nn.Hardswish, nn.Softplus, nn.Identity, nn.Dropout)
+
+
+@torch.no_grad()
+def shrink_dead_units_(model: nn.Module) -> dict:
+    """In place, exactly: in every nn.Sequential of `model`, for each Linear -> (elementwise
+    activations, dropout) -> Linear chain, removes the hidden units that cannot matter: those
+    whose column in the second Linear is all zero, and those whose row in the first Linear is all
+    zero (the unit then outputs the constant act(bias), which is folded into the second Linear's
+    bias). Outputs are unchanged (up to float rounding of the folded bias) in eval mode; dropout
+    is taken as identity. Returns {"<seq>.<i>": units removed} for each chain shrunk."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    removed = {}
+    while True:  # removing units can leave others dead upstream: repeat until nothing changes
+        changed = False
+        for seq_name, seq in list(model.named_modules()):
+            if isinstance(seq, nn.Sequential):
+                for i, count in _shrink_sequential(seq):
+                    key = f"{seq_name}.{i}" if seq_name else str(i)
+                    removed[key] = removed.get(key, 0) + count
+                    changed = True
+        if not changed:
+            return removed
+
+
+def _shrink_sequential(seq: nn.Sequential):
+    """One pass of shrink_dead_units_ over one Sequential: yields (index of fc1, units removed)."""
+    for i in range(len(seq)):
+        j = i + 1
+        while j < len(seq) and type(seq[j]) in _ELEMENTWISE:
+            j += 1
+        if type(seq[i]) is not nn.Linear or j >= len(seq) or type(seq[j]) is not nn.Linear:
+            continue
+        fc1, fc2 = seq[i], seq[j]
+        row_alive = fc1.weight.detach().ne(0).any(dim=1)
+        col_alive = fc2.weight.detach().ne(0).any(dim=0)
+        keep = row_alive & col_alive
+        if bool(keep.all()):
+            continue
+        fold = ~row_alive & col_alive  # constant units: act(bias) flows on through fc2
+        if bool(fold.any()):
+            constant = torch.zeros(fc1.out_features, dtype=fc1.weight.dtype, device=fc1.weight.device)
+            if fc1.bias is not None:
+                constant = fc1.bias.detach().clone()
+            for act in list(seq)[i + 1:j]:
+                if not isinstance(act, nn.Dropout):
+                    constant = act(constant)
+            shift = fc2.weight.detach()[:, fold] @ constant[fold]
+            if fc2.bias is None:
+                fc2.bias = nn.Parameter(torch.zeros_like(shift))
+            fc2.bias.add_(shift)
+        seq[i], seq[j] = shrink_linear_pair(fc1, fc2, keep)
+        yield i, int((~keep).sum())
 
 
 # ----------------------------------------------------------------------------- schedule
