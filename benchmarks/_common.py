@@ -289,6 +289,16 @@ def append_csv(path: str, rows: list[dict], fields: list[str]) -> None:
         writer.writerows(rows)
 
 
+def csv_path(path: str, fields: list[str], area: str) -> str:
+    """run_all.py hands every benchmark the same --csv: a file that already holds another schema
+    gets this benchmark's rows in a sibling, <name>.<area>.csv, instead of misaligned columns."""
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path) as f:
+            if f.readline().strip() != ",".join(fields):
+                return os.path.splitext(path)[0] + f".{area}.csv"
+    return path
+
+
 def write_text(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

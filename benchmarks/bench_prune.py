@@ -223,16 +223,6 @@ def results_table(rows: list[dict], kernel: str) -> str:
     return C.markdown_table(out, cols)
 
 
-def csv_path(path: str) -> str:
-    """run_all.py hands every benchmark the same --csv: a file that holds another schema gets
-    the rows of this one in a sibling, <name>.prune.csv, instead of misaligned columns."""
-    if os.path.exists(path) and os.path.getsize(path) > 0:
-        with open(path) as f:
-            if f.readline().strip() != ",".join(CSV_FIELDS):
-                return os.path.splitext(path)[0] + ".prune.csv"
-    return path
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -315,7 +305,7 @@ def main(argv=None) -> int:
     print(text)
     text = "\n".join(header) + "\n" + text
     if args.csv:
-        path = csv_path(args.csv)
+        path = C.csv_path(args.csv, CSV_FIELDS, "prune")
         C.append_csv(path, [{k: round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)
                              for k in CSV_FIELDS} for r in rows if "error" not in r], CSV_FIELDS)
         print(f"csv: {path}")

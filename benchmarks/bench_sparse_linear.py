@@ -216,15 +216,6 @@ def derive(rows) -> None:
             r[f"speedup_{base}"] = t / r["p50_ms"] if t else None
 
 
-def csv_path(path: str) -> str:
-    """run_all.py hands every benchmark the same --csv; another schema's file gets a sibling."""
-    if os.path.exists(path) and os.path.getsize(path) > 0:
-        with open(path) as f:
-            if f.readline().strip() != ",".join(CSV_FIELDS):
-                return os.path.splitext(path)[0] + ".sparse_linear.csv"
-    return path
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -297,7 +288,7 @@ def main(argv=None) -> int:
     text += "\nsparse_linear: y = x @ W.T, p50 ms and speedups\n\n" + results_table(rows) + "\n"
     print(text)
     if args.csv:
-        path = csv_path(args.csv)
+        path = C.csv_path(args.csv, CSV_FIELDS, "sparse_linear")
         C.append_csv(path, [{k: round(r[k], 4) if isinstance(r.get(k), float) else r.get(k)
                              for k in CSV_FIELDS} for r in rows if "error" not in r], CSV_FIELDS)
         print(f"csv: {path}")

@@ -1,5 +1,6 @@
 // Memory helpers of the C++ CPU kernels.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>

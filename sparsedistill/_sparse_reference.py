@@ -41,9 +41,11 @@ def check_structure(op, row_ptr, col_idx, row_order, in_features, like, like_nam
 
 
 def check_dense(op, t, name, rows_name, cols) -> None:
-    if t.dim() != 2 or t.dtype not in _FLOATS:
-        raise ValueError(f"sparsedistill: {op}: {name} must be 2-D floating point, got {t.dtype} "
-                         f"of shape {tuple(t.shape)}")
+    if t.dim() != 2:
+        raise ValueError(f"sparsedistill: {op}: {name} must be 2-D, got shape {tuple(t.shape)}")
+    if t.dtype not in _FLOATS:
+        raise TypeError(f"sparsedistill: {op}: {name} must be float32, bfloat16, float16 or "
+                        f"float64, got {t.dtype}")
     if t.shape[1] != cols:
         raise ValueError(f"sparsedistill: {op}: {name} must have shape (B, {rows_name}={cols}), "
                          f"got {tuple(t.shape)}")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-_FLOATS = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+from ._sparse_reference import _FLOATS, dense_weight
 INT16_MAX_COLUMNS = 32768  # column indices 0..32767 fit a signed int16
 
 
@@ -69,6 +69,15 @@ class SparseWeight:
         return self.values.element_size() + self.col_idx.element_size()
 
     @classmethod
+    def empty(cls, out_features: int, in_features: int, *, device=None,
+              dtype=torch.float32) -> "SparseWeight":
+        """An all-zero weight (no nonzeros), without materialising the dense shape."""
+        return cls(torch.empty(0, dtype=dtype, device=device),
+                   torch.zeros(out_features + 1, dtype=torch.int64, device=device),
+                   torch.empty(0, dtype=column_index_dtype(in_features), device=device),
+                   torch.arange(out_features, dtype=torch.int32, device=device), in_features)
+
+    @classmethod
     def from_dense(cls, weight: torch.Tensor) -> "SparseWeight":
         """Keeps the nonzeros of a 2-D floating-point weight (NaN counts as nonzero)."""
         if not isinstance(weight, torch.Tensor):
@@ -96,7 +105,6 @@ class SparseWeight:
         return cls.from_dense(csr.to_dense())
 
     def to_dense(self) -> torch.Tensor:
-        from ._sparse_reference import dense_weight
         return dense_weight(self.values.detach(), self.row_ptr, self.col_idx, self.in_features)
 
     def to_sparse_csr(self) -> torch.Tensor:

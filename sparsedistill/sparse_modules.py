@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .sparse import SparseWeight, sparse_linear
+from .sparse import SparseWeight, sparse_linear, validate_structure
 
 _STRUCTURE = ("row_ptr", "col_idx", "row_order")
 
@@ -23,8 +23,8 @@ class SparseLinear(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        empty = SparseWeight.from_dense(torch.zeros(out_features, in_features, device=device,
-                                                    dtype=dtype or torch.get_default_dtype()))
+        empty = SparseWeight.empty(out_features, in_features, device=device,
+                                   dtype=dtype or torch.get_default_dtype())
         self._set_weight(empty)
         self.bias = (nn.Parameter(torch.zeros(out_features, device=device, dtype=empty.dtype))
                      if bias else None)
@@ -99,7 +99,6 @@ class SparseLinear(nn.Module):
         incoming = {name: state_dict.get(prefix + name) for name in ("values", *_STRUCTURE)}
         if all(t is not None for t in incoming.values()):
             try:
-                from .sparse import validate_structure
                 validate_structure(*incoming.values(), self.in_features, prefix.rstrip(".") or "weight")
             except (TypeError, ValueError) as exc:
                 error_msgs.append(str(exc))

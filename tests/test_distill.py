@@ -11,6 +11,8 @@ import sparsedistill
 from sparsedistill import _reference
 from sparsedistill._backend import serves
 
+from _native import skip_unless_native
+
 # Per-dtype tolerances for values and gradients vs the float64 oracle (inputs rounded first).
 TOL = {
     torch.float32: dict(rtol=1e-4, atol=1e-5),
@@ -152,14 +154,7 @@ def test_native_kernel_matches_reference(device, dtype, divergence, with_labels)
 
 
 def test_native_kernel_is_the_one_serving(device):
-    info = sparsedistill.backend_info()
-    if "disabled" in (info["reason"] or ""):
-        pytest.skip(info["reason"])
-    if device == "cpu" and not info["build"].get("native"):
-        pytest.skip("extension built with SPARSEDISTILL_SKIP_NATIVE")
-    if device == "cuda" and not info["build"].get("cuda"):
-        pytest.skip("extension built without CUDA")
-    assert info["native_loaded"], info["reason"]
+    skip_unless_native(device)
     assert serves("distill_loss", device) != "reference (pure PyTorch)"
 
 

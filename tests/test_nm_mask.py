@@ -9,6 +9,8 @@ from sparsedistill import _prune_reference
 from sparsedistill._backend import serves
 from sparsedistill.structured import nm_mask
 
+from _native import skip_unless_native
+
 OP = torch.ops.sparsedistill.nm_mask
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # (n, m): 2:4 and 4:8 have register paths on CUDA; m above 32 sorts on the CPU
@@ -25,13 +27,7 @@ def check(x, n, m, magnitude):
 
 
 def test_native_kernel_serves(device):
-    info = sparsedistill.backend_info()
-    if "disabled" in (info["reason"] or ""):
-        pytest.skip(info["reason"])
-    if device == "cpu" and not info["build"].get("native"):
-        pytest.skip("extension built with SPARSEDISTILL_SKIP_NATIVE")
-    if device == "cuda" and not info["build"].get("cuda"):
-        pytest.skip("extension built without CUDA")
+    skip_unless_native(device)
     assert serves("nm_mask", device) != "reference (pure PyTorch)"
 
 

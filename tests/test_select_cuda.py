@@ -8,6 +8,8 @@ import sparsedistill
 from sparsedistill import _prune_reference
 from sparsedistill._backend import serves
 
+from _native import skip_unless_native
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 OP = torch.ops.sparsedistill.select_smallest
@@ -38,11 +40,7 @@ def ks_for(n):
 
 
 def test_cuda_kernel_serves():
-    info = sparsedistill.backend_info()
-    if "disabled" in (info["reason"] or ""):
-        pytest.skip(info["reason"])
-    if not info["build"].get("cuda"):
-        pytest.skip("extension built without CUDA")
+    skip_unless_native("cuda")
     assert serves("select_smallest", "cuda") == "cuda kernel"
 
 

@@ -10,6 +10,8 @@ import sparsedistill
 from sparsedistill import _sparse_reference as R
 from sparsedistill.sparse import SparseWeight, validate_structure
 
+from _native import skip_unless_native
+
 OPS = torch.ops.sparsedistill
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # Tolerance per dtype, scaled by sqrt(in_features) for absolute error (sums of many products).
@@ -248,9 +250,7 @@ def test_torch_compile_fullgraph(device):
 
 
 def test_native_kernel_serves_cpu():
-    info = sparsedistill.backend_info()
-    if not info["native_loaded"]:
-        pytest.skip(info["reason"])
+    info = skip_unless_native("cpu")
     for op in ("sparse_linear", "sparse_linear_grad_input", "sparse_linear_grad_values"):
         assert not info["ops"][op]["cpu"].startswith("reference"), info["ops"][op]
 

@@ -12,6 +12,8 @@ from sparsedistill import _sparse_reference as R
 from sparsedistill._backend import serves
 from sparsedistill.sparse import SparseWeight
 
+from _native import skip_unless_native
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 OPS = torch.ops.sparsedistill
@@ -63,12 +65,7 @@ def check(got, want, dtype):
 
 
 def test_cuda_kernels_serve():
-    info = sparsedistill.backend_info()
-    if "disabled" in (info["reason"] or ""):
-        pytest.skip(info["reason"])
-    if not info["build"].get("cuda"):
-        pytest.skip("extension built without CUDA")
-    assert info["native_loaded"], info["reason"]
+    info = skip_unless_native("cuda")
     for op in ("sparse_linear", "sparse_linear_grad_input", "sparse_linear_grad_values"):
         assert info["ops"][op]["cuda"] == "cuda kernel", info["ops"][op]
         assert serves(op, "cuda") == "cuda kernel"
