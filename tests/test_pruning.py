@@ -166,6 +166,24 @@ def test_zero_smallest_zeroes_exactly_the_pruned(device, dtype, with_keep, with_
             assert torch.equal(g, torch.where(w, t, torch.zeros_like(t)))
 
 
+@pytest.mark.parametrize("score_dtype", [None, torch.float16, torch.float64])
+def test_zero_smallest_ranks_ties_across_chunks(device, score_dtype):
+    # Ties spread over several 65536-element chunks, so only some chunks hold the tie boundary;
+    # scores of another dtype than the tensors, or the tensors themselves (aliased).
+    t = torch.randint(-20, 21, (5, 70001), device=device).float()
+    scores = None if score_dtype is None else [torch.randint(0, 9, t.shape, device=device).to(score_dtype)]
+    for k in [1, 123457, 200001, t.numel() - 1]:
+        got, mask = t.clone(), torch.empty(t.shape, dtype=torch.bool, device=device)
+        PRUNE_OP([got], [mask], scores, None, k)
+        want = _prune_reference.select_smallest(scores or [t], None, k, scores is None)[0]
+        assert torch.equal(mask, want) and torch.equal(got, t * want)
+    aliased = t.clone()  # the threshold at 0: negatives zeroed in the mask pass must not turn into ties
+    k = int((t < 0).sum()) + int((t == 0).sum()) // 2
+    PRUNE_OP([aliased], [mask], [aliased], None, k)
+    want = _prune_reference.select_smallest([t], None, k, False)[0]
+    assert torch.equal(mask, want) and torch.equal(aliased, t * want)
+
+
 def test_zero_smallest_leaves_tensors_untouched_on_error(device):
     w = torch.randn(40, 50, device=device)
     before = w.clone()
