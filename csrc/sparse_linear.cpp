@@ -163,7 +163,7 @@ struct Csr {
   int64_t rows, in;
 };
 
-constexpr int64_t kPrefetchAhead = 2048;  // nonzeros
+constexpr int64_t kPrefetchAhead = 4096;  // nonzeros
 
 // The one-row path, sum over the nonzeros j of a row of v_j * x[c_j]: gathers of x where the
 // ISA has them (float32, bfloat16 and float16 values, widened to float32), else scalar code.
@@ -221,8 +221,11 @@ inline acc_t row_dot(const scalar_t* values, const index_t* cols, int64_t j0, in
     int64_t j = j0;
     for (; j + 2 * L <= j1; j += 2 * L) {
       // The weight streams from memory and gathers hold back the hardware prefetcher.
-      _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead), _MM_HINT_T0);
+      // Every cache line of both streams: 2L values or columns span 2L * size / 64 lines.
+      for (int64_t b = 0; b < 2 * L * static_cast<int64_t>(sizeof(scalar_t)); b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead) + b, _MM_HINT_T0);
+      for (int64_t b = 0; b < 2 * L * static_cast<int64_t>(sizeof(index_t)); b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead) + b, _MM_HINT_T0);
       a0 = gather_fma(values + j, cols + j, x, a0);
       a1 = gather_fma(values + j + L, cols + j + L, x, a1);
     }
