@@ -28,12 +28,15 @@ from .structured import CubicSparsitySchedule, shrink_dead_units_
 from .train import MaskedPruner, fit_distill, train_hard_labels
 
 # The full run; --quick divides the epochs (a smoke test, not a result).
-# The teacher trains on randomly shifted images (it has the capacity to use them); the students
-# on the plain ones. Distillation at T=4 or with few epochs underfits here (measured): the
-# student needs long training at a high learning rate to match the teacher's soft targets.
-CONFIG = dict(teacher=(1024, 1024), student=(128, 128), sparsity=0.9, T=2.0, alpha=0.7,
-              teacher_epochs=40, teacher_lr=2e-3, student_epochs=150, lr=5e-3, prune_epochs=100,
-              prune_lr=2e-3, batch_size=64, test_size=0.25, teacher_shifts=True)
+# The teacher is a small CNN trained on randomly shifted images (99.3-100% on the test splits of
+# seeds 0-7, against 97.6-98.9% for the best MLP teacher tried); the students are MLPs trained on
+# the plain images. Measured over seeds: an MLP teacher gave the students no edge over hard
+# labels, and students trained on shifted images lost 2-4 points (too small to learn the
+# invariance). Distillation at T=4 or with few epochs underfits here: the student needs long
+# training at a high learning rate to match the teacher's soft targets.
+CONFIG = dict(teacher="cnn", teacher_channels=(32, 64), student=(128, 128), sparsity=0.75, T=2.0,
+              alpha=0.7, teacher_epochs=40, teacher_lr=2e-3, student_epochs=150, lr=5e-3,
+              prune_epochs=100, prune_lr=2e-3, batch_size=64, test_size=0.25, teacher_shifts=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -95,6 +98,17 @@ def mlp(in_features: int, hidden, classes: int) -> nn.Sequential:
         layers += [nn.Linear(width, h), nn.ReLU()]
         width = h
     return nn.Sequential(*layers, nn.Linear(width, classes))
+
+
+def cnn(side: int, classes: int, channels=(32, 64), hidden: int = 256) -> nn.Sequential:
+    """A small convolutional net on side x side images given flattened (the teacher: it is more
+    accurate on digits than any MLP here, and shift-invariant, which distillation passes on)."""
+    c1, c2 = channels
+    return nn.Sequential(
+        nn.Unflatten(1, (1, side, side)),
+        nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * (side // 2) ** 2, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
 
 def _optimizer(model, lr, epochs):
@@ -183,6 +197,25 @@ def targets(rows) -> list[str]:
     return [f"- {'met' if value >= bound else 'MISSED'}: {what} ({shown})" for what, value, bound, shown in checks]
 
 
+def seed_table(by_seed: dict) -> list[str]:
+    """Markdown lines: the accuracies of every seed's run (the split, the initialisation and the
+    shuffles change with the seed), and how often the distilled student matched the baseline."""
+    lines = ["| seed | teacher | distilled + pruned | pruned, no teacher | distilled - no teacher | loss vs teacher |",
+             "|---|---|---|---|---|---|"]
+    gains, losses = [], []
+    for seed, rows in by_seed.items():
+        by = {r["model"]: r["accuracy"] for r in rows}
+        t, p, h = by["teacher"], by["student distilled + pruned"], by["student pruned, no teacher"]
+        gains.append(100 * (p - h))
+        losses.append(100 * (t - p))
+        lines.append(f"| {seed} | {100 * t:.2f}% | {100 * p:.2f}% | {100 * h:.2f}% | {gains[-1]:+.2f} | {losses[-1]:.2f} |")
+    n = len(gains)
+    lines += ["", f"Distilled >= no teacher in {sum(g >= 0 for g in gains)} of {n} seeds "
+              f"(mean {sum(gains) / n:+.2f} points); accuracy loss <= 1.5 points in "
+              f"{sum(x <= 1.5 for x in losses)} of {n} (mean {sum(losses) / n:.2f}, worst {max(losses):.2f})."]
+    return lines
+
+
 # ----------------------------------------------------------------------------- pipeline
 def run(cfg: dict, seed: int, progress: bool = True, reps: int = 300, log=print) -> dict:
     torch.manual_seed(seed)
@@ -193,7 +226,8 @@ def run(cfg: dict, seed: int, progress: bool = True, reps: int = 300, log=print)
     test = Batches(x_te, y_te, 512)
     log(f"digits: {len(y_tr)} train / {len(y_te)} test, seed {seed}, torch threads {torch.get_num_threads()}")
 
-    teacher = mlp(features, cfg["teacher"], classes)
+    teacher = (cnn(8, classes, cfg["teacher_channels"]) if cfg["teacher"] == "cnn"
+               else mlp(features, cfg["teacher"], classes))
     opt, sched = _optimizer(teacher, cfg["teacher_lr"], cfg["teacher_epochs"])
     train_hard_labels(teacher, shifted, opt, epochs=cfg["teacher_epochs"], lr_scheduler=sched,
                       progress=progress, desc="teacher")
@@ -229,12 +263,14 @@ def run(cfg: dict, seed: int, progress: bool = True, reps: int = 300, log=print)
     return {"rows": rows, "forms": forms}
 
 
-def write_report(result: dict, cfg: dict, seed: int, wall_s: float, out: str) -> str:
+def write_report(result: dict, cfg: dict, seed: int, wall_s: float, out: str, by_seed: dict | None = None) -> str:
     rows, forms = result["rows"], result["forms"]
     lines = [
         "# Progressive compression on scikit-learn digits",
         "",
-        f"`python -m sparsedistill.demo --seed {seed}`; {wall_s:.0f} s wall on "
+        f"`python -m sparsedistill.demo --seed {seed}"
+        + (f" --seeds {','.join(str(s) for s in by_seed if s != seed)}" if by_seed and len(by_seed) > 1 else "")
+        + f"`; {wall_s:.0f} s wall on "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads. Test split: held-out 25%, stratified.",
         "",
@@ -255,6 +291,9 @@ def write_report(result: dict, cfg: dict, seed: int, wall_s: float, out: str) ->
     for kind, f in forms.items():
         timings = ", ".join(f"{name} {ms:.4f}" for name, ms in f["timings_b1_ms"].items())
         lines.append(f"- {kind}: weight sparsity {f['weight_sparsity']:.4f}; {timings}; chosen: **{f['chosen']}**")
+    if by_seed and len(by_seed) > 1:
+        lines += ["", f"## Over seeds (`--seeds {','.join(map(str, by_seed))}`: the same run per seed)", "",
+                  *seed_table(by_seed)]
     text = "\n".join(lines) + "\n"
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -272,14 +311,25 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few epochs only (a smoke test, not a result)")
     parser.add_argument("--out", default="demo_digits.md", help="markdown report; the CSV goes next to it")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="", help="more seeds to run the whole pipeline with (e.g. 1,2,3): "
+                        "a table of their accuracies is added to the report (about 30 s each)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        extra = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
     cfg = dict(CONFIG)
     if args.quick:
         cfg.update(teacher_epochs=4, student_epochs=10, prune_epochs=10)
     start = time.perf_counter()
     result = run(cfg, args.seed, progress=not args.no_progress, reps=100 if args.quick else 300)
-    print(write_report(result, cfg, args.seed, time.perf_counter() - start, args.out))
+    by_seed = {args.seed: result["rows"]}
+    for seed in extra:
+        if seed not in by_seed:
+            print(f"seed {seed} ...", flush=True)
+            by_seed[seed] = run(cfg, seed, progress=False, reps=20, log=lambda *a: None)["rows"]
+    print(write_report(result, cfg, args.seed, time.perf_counter() - start, args.out, by_seed))
     return 0
 
 

@@ -184,3 +184,32 @@ def test_digits_pipeline_small():
     assert accuracy > 0.8, accuracy  # chance is 0.1
     best, final, _, timings = demo.fastest_form(copy.deepcopy(student), 64, reps=5)
     assert best in timings and evaluate(final, test) == pytest.approx(accuracy, abs=1 / 450)
+
+
+def test_demo_seed_table_counts_wins_and_losses():
+    from sparsedistill import demo
+
+    def rows(t, p, h):
+        return [{"model": "teacher", "accuracy": t}, {"model": "student distilled + pruned", "accuracy": p},
+                {"model": "student pruned, no teacher", "accuracy": h}]
+    lines = demo.seed_table({0: rows(0.99, 0.98, 0.97), 3: rows(1.0, 0.98, 0.985)})
+    assert lines[2] == "| 0 | 99.00% | 98.00% | 97.00% | +1.00 | 1.00 |"
+    assert lines[3] == "| 3 | 100.00% | 98.00% | 98.50% | -0.50 | 2.00 |"
+    assert lines[-1] == ("Distilled >= no teacher in 1 of 2 seeds (mean +0.25 points); accuracy loss "
+                         "<= 1.5 points in 1 of 2 (mean 1.50, worst 2.00).")
+
+
+def test_demo_quick_command_writes_the_report(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    from sparsedistill import demo
+
+    out = tmp_path / "demo.md"
+    assert demo.main(["--quick", "--no-progress", "--seeds", "1", "--out", str(out)]) == 0
+    text = out.read_text()
+    for row in ("| teacher | dense |", "| student distilled + pruned |", "| student pruned, no teacher |",
+                "## Over seeds (`--seeds 0,1`", "| 1 | "):
+        assert row in text
+    assert (tmp_path / "demo.csv").exists()
+    with pytest.raises(SystemExit):
+        demo.main(["--quick", "--seeds", "one"])
+    assert "--seeds must be comma-separated integers" in capsys.readouterr().err
