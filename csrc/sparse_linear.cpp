@@ -224,6 +224,21 @@ inline acc_t row_dot(const scalar_t* values, const index_t* cols, int64_t j0, in
     constexpr int L = kGatherLanes;
     GatherVec a0 = gather_zero(), a1 = gather_zero();
     int64_t j = j0;
+    if (j + 4 * L <= j1) {
+      GatherVec a2 = gather_zero(), a3 = gather_zero();
+      for (; j + 4 * L <= j1; j += 4 * L) {
+        for (int64_t b = 0; b < 4 * L * static_cast<int64_t>(sizeof(scalar_t)); b += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead) + b, _MM_HINT_T0);
+        for (int64_t b = 0; b < 4 * L * static_cast<int64_t>(sizeof(index_t)); b += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead) + b, _MM_HINT_T0);
+        a0 = gather_fma(values + j, cols + j, x, a0);
+        a1 = gather_fma(values + j + L, cols + j + L, x, a1);
+        a2 = gather_fma(values + j + 2 * L, cols + j + 2 * L, x, a2);
+        a3 = gather_fma(values + j + 3 * L, cols + j + 3 * L, x, a3);
+      }
+      a0 = gather_add(a0, a2);
+      a1 = gather_add(a1, a3);
+    }
     for (; j + 2 * L <= j1; j += 2 * L) {
       // The weight streams from memory and gathers hold back the hardware prefetcher.
       // Every cache line of both streams: 2L values or columns span 2L * size / 64 lines.
