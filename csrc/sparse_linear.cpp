@@ -222,15 +222,20 @@ inline acc_t row_dot(const scalar_t* values, const index_t* cols, int64_t j0, in
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (kHasGatherPath && std::is_same_v<acc_t, float>) {
     constexpr int L = kGatherLanes;
+    // The weight streams from memory and gathers hold back the hardware prefetcher: prefetch
+    // every cache line of both streams, kPrefetchAhead nonzeros ahead.
+    const auto prefetch = [&](int64_t j, int64_t n) {
+      for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(scalar_t)); b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead) + b, _MM_HINT_T0);
+      for (int64_t b = 0; b < n * static_cast<int64_t>(sizeof(index_t)); b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead) + b, _MM_HINT_T0);
+    };
     GatherVec a0 = gather_zero(), a1 = gather_zero();
     int64_t j = j0;
-    if (j + 4 * L <= j1) {
+    if (j + 4 * L <= j1) {  // four gathers in flight: a cached weight is bound by their latency
       GatherVec a2 = gather_zero(), a3 = gather_zero();
       for (; j + 4 * L <= j1; j += 4 * L) {
-        for (int64_t b = 0; b < 4 * L * static_cast<int64_t>(sizeof(scalar_t)); b += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead) + b, _MM_HINT_T0);
-        for (int64_t b = 0; b < 4 * L * static_cast<int64_t>(sizeof(index_t)); b += 64)
-          _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead) + b, _MM_HINT_T0);
+        prefetch(j, 4 * L);
         a0 = gather_fma(values + j, cols + j, x, a0);
         a1 = gather_fma(values + j + L, cols + j + L, x, a1);
         a2 = gather_fma(values + j + 2 * L, cols + j + 2 * L, x, a2);
@@ -239,15 +244,11 @@ inline acc_t row_dot(const scalar_t* values, const index_t* cols, int64_t j0, in
       a0 = gather_add(a0, a2);
       a1 = gather_add(a1, a3);
     }
-    for (; j + 2 * L <= j1; j += 2 * L) {
-      // The weight streams from memory and gathers hold back the hardware prefetcher.
-      // Every cache line of both streams: 2L values or columns span 2L * size / 64 lines.
-      for (int64_t b = 0; b < 2 * L * static_cast<int64_t>(sizeof(scalar_t)); b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(values + j + kPrefetchAhead) + b, _MM_HINT_T0);
-      for (int64_t b = 0; b < 2 * L * static_cast<int64_t>(sizeof(index_t)); b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(cols + j + kPrefetchAhead) + b, _MM_HINT_T0);
+    if (j + 2 * L <= j1) {
+      prefetch(j, 2 * L);
       a0 = gather_fma(values + j, cols + j, x, a0);
       a1 = gather_fma(values + j + L, cols + j + L, x, a1);
+      j += 2 * L;
     }
     for (; j + L <= j1; j += L) a0 = gather_fma(values + j, cols + j, x, a0);
 #if defined(CPU_CAPABILITY_AVX512)
