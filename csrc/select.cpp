@@ -13,7 +13,6 @@
 
 #include <cmath>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -223,8 +222,7 @@ class Selection {
       alignas(64) bool spare[kBlock];  // elements the target keeps: kept ones and ranked ties
       for (int64_t c = c0; c < c1; ++c) {
         bool* m = out[chunks_[c].tensor].mutable_data_ptr<bool>();
-        const at::Tensor* target = targets_.empty() || !targets_[chunks_[c].tensor].defined()
-                                       ? nullptr : &targets_[chunks_[c].tensor];
+        const at::Tensor* target = target_of(c);
         int64_t chunk_ties = 0;
         for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t off) {
           // Branch-free byte arithmetic (vectorises): a random keep pattern would mispredict.
@@ -267,8 +265,7 @@ class Selection {
   // `before`, the ties in earlier chunks) stay pruned and are zeroed, the rest are kept.
   void rank_ties(std::vector<at::Tensor>& out, int64_t c, uint32_t threshold, int64_t before, int64_t need) const {
     bool* m = out[chunks_[c].tensor].mutable_data_ptr<bool>();
-    const at::Tensor* target = targets_.empty() || !targets_[chunks_[c].tensor].defined()
-                                   ? nullptr : &targets_[chunks_[c].tensor];
+    const at::Tensor* target = target_of(c);
     int64_t rank = before;
     for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t off) {
       alignas(64) bool spare[kBlock];
@@ -281,6 +278,13 @@ class Selection {
       }
       if (target != nullptr) zero_unless(*target, spare, off, n);
     });
+  }
+
+  // The tensor whose pruned elements chunk c zeroes, or nullptr (select_smallest, or a
+  // non-contiguous tensor that zero_smallest_cpu zeroes afterwards).
+  const at::Tensor* target_of(int64_t c) const {
+    const int64_t i = chunks_[c].tensor;
+    return targets_.empty() || !targets_[i].defined() ? nullptr : &targets_[i];
   }
 
   // target[off + i] = 0 where !spare[i], for i < n (target: contiguous, any floating dtype).

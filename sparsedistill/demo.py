@@ -181,9 +181,14 @@ def markdown_table(rows) -> str:
     return "\n".join(lines)
 
 
-def targets(rows) -> list[str]:
+def _compared(rows):
+    """The rows of the teacher, the distilled pruned student and the no-teacher pruned student."""
     by = {r["model"]: r for r in rows}
-    t, p, h = by["teacher"], by["student distilled + pruned"], by["student pruned, no teacher"]
+    return by["teacher"], by["student distilled + pruned"], by["student pruned, no teacher"]
+
+
+def targets(rows) -> list[str]:
+    t, p, h = _compared(rows)
     checks = [
         ("nonzeros >= 10x fewer than the teacher", t["nonzeros"] / p["nonzeros"], 10.0,
          f"{t['nonzeros'] / p['nonzeros']:.1f}x"),
@@ -204,8 +209,7 @@ def seed_table(by_seed: dict) -> list[str]:
              "|---|---|---|---|---|---|"]
     gains, losses = [], []
     for seed, rows in by_seed.items():
-        by = {r["model"]: r["accuracy"] for r in rows}
-        t, p, h = by["teacher"], by["student distilled + pruned"], by["student pruned, no teacher"]
+        t, p, h = (r["accuracy"] for r in _compared(rows))
         gains.append(100 * (p - h))
         losses.append(100 * (t - p))
         lines.append(f"| {seed} | {100 * t:.2f}% | {100 * p:.2f}% | {100 * h:.2f}% | {gains[-1]:+.2f} | {losses[-1]:.2f} |")
