@@ -104,6 +104,24 @@ def test_gradcheck(device):
     assert torch.autograd.gradcheck(fn, (x, v, b))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_of_very_different_lengths(device, dtype):
+    # The CPU one-row path reads several rows at once and finishes each alone past their common
+    # length: rows from empty to full, in an order that puts long and short rows side by side.
+    g = torch.Generator().manual_seed(3)
+    lengths = torch.randint(0, 300, (257,), generator=g)
+    lengths[::5] = 0
+    lengths[::11] = 300
+    w = torch.randn(257, 300, generator=g, dtype=torch.float64)
+    w[torch.arange(300) >= lengths[:, None]] = 0
+    w = w[:, torch.randperm(300, generator=g)].to(dtype).to(device)
+    sw = SparseWeight.from_dense(w)
+    bias = torch.randn(257, device=device).to(dtype)
+    for batch in [1, 3, 16]:
+        x = torch.randn(batch, 300, device=device).to(dtype)
+        assert_close(run_op(x, sw, bias), x.double() @ w.double().T + bias.double(), dtype, 300)
+
+
 def test_empty_rows_zero_batch_and_degenerate_weights(device):
     w = pruned_weight(20, 30, 0.5, torch.float32, device)
     w[3] = 0
