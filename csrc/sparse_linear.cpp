@@ -70,6 +70,15 @@ void parallel_over_rows(const int64_t* row_ptr, int64_t rows, Fn&& fn) {
 template <typename scalar_t, typename acc_t>
 inline void transpose_rows(const scalar_t* x, int64_t n, int64_t b0, int64_t b1, int64_t c0, int64_t c1,
                            int64_t width, acc_t* dst) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    // In 16x16 blocks through registers: rows of x lie n floats apart, often a multiple of
+    // 4 KiB, so element by element the loads of one column all fall in one L1 set.
+    at::vec::transpose_mxn<float>(x + b0 * n + c0, n, dst + c0 * width, width, static_cast<int>(b1 - b0),
+                                  static_cast<int>(c1 - c0));
+    if (b1 - b0 < width)
+      for (int64_t c = c0; c < c1; ++c) std::fill(dst + c * width + (b1 - b0), dst + (c + 1) * width, 0.f);
+    return;
+  }
   for (int64_t c = c0; c < c1; ++c) {
     acc_t* row = dst + c * width;
     for (int64_t b = b0; b < b1; ++b) row[b - b0] = static_cast<acc_t>(x[b * n + c]);
@@ -346,6 +355,17 @@ void forward_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* x, const sc
           const int64_t rows = std::min(kOutRows, r1 - rb);
           for (int64_t i = 0; i < rows; ++i)
             row_times_tile<W>(w.values, w.cols, w.row_ptr[rb + i], w.row_ptr[rb + i + 1], tiles.tile(t), sums + i * stride);
+          if constexpr (std::is_same_v<scalar_t, float>) {  // through registers, as transpose_rows
+            if (bias)
+              for (int64_t i = 0; i < rows; ++i)
+                for (int v = 0; v < W; ++v) {
+                  float* s = sums + i * stride + v * Vec::size();
+                  (Vec::loadu(s) + Vec(bias[rb + i])).store(s);
+                }
+            at::vec::transpose_mxn<float>(sums, stride, y + b0 * out + rb, out, static_cast<int>(rows),
+                                          static_cast<int>(b1 - b0));
+            continue;
+          }
           for (int64_t b = b0; b < b1; ++b) {
             scalar_t* yb = y + b * out + rb;
             for (int64_t i = 0; i < rows; ++i)
