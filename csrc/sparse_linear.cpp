@@ -52,9 +52,18 @@ std::vector<int64_t> balanced_row_splits(const int64_t* row_ptr, int64_t rows, i
   return splits;
 }
 
-// Runs fn(r0, r1) over row ranges of about equal cost, in parallel.
+// Below this cost (nonzeros x vectors per nonzero, + kRowCost per row) a call runs on the
+// calling thread: waking the pool costs a few microseconds, more than such a call's work.
+constexpr int64_t kSerialCost = 16384;
+
+// Runs fn(r0, r1) over row ranges of about equal cost, in parallel when the work is worth it;
+// vectors is the number of vector operations per nonzero.
 template <typename Fn>
-void parallel_over_rows(const int64_t* row_ptr, int64_t rows, Fn&& fn) {
+void parallel_over_rows(const int64_t* row_ptr, int64_t rows, int64_t vectors, Fn&& fn) {
+  if ((row_ptr[rows] + kRowCost * rows) * vectors < kSerialCost) {
+    if (rows > 0) fn(int64_t{0}, rows);
+    return;
+  }
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(rows, 8 * at::get_num_threads()));
   const auto splits = balanced_row_splits(row_ptr, rows, parts);
   at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
@@ -318,7 +327,7 @@ void forward_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* x, const sc
       if (bias) sum += static_cast<acc_t>(bias[r]);
       y[r] = static_cast<scalar_t>(sum);
     };
-    parallel_over_rows(w.row_ptr, out, [&](int64_t r0, int64_t r1) {
+    parallel_over_rows(w.row_ptr, out, 1, [&](int64_t r0, int64_t r1) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
       if constexpr (std::is_same_v<acc_t, float>) {  // row i of each of kStreams equal stretches
         const int64_t q = (r1 - r0) / kStreams;
@@ -342,7 +351,7 @@ void forward_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* x, const sc
   const BatchTiles<acc_t> tiles = make_batch_tiles<scalar_t, acc_t>(x, B, w.in);
   with_vectors(tiles.vectors, [&](auto kv) {
     constexpr int W = decltype(kv)::value;
-    parallel_over_rows(w.row_ptr, out, [&](int64_t r0, int64_t r1) {
+    parallel_over_rows(w.row_ptr, out, tiles.vectors * tiles.count, [&](int64_t r0, int64_t r1) {
       // Results of kOutRows rows at a time, so that y is written in runs of kOutRows along a
       // row of y (one output row at a time meant one store per batch column, each to another
       // line: those stores stalled on the store buffer).
@@ -386,7 +395,7 @@ void grad_values_kernel(const Csr<scalar_t, index_t>& w, const scalar_t* gy, con
   const int64_t vectors = (B + Vec::size() - 1) / Vec::size(), Bp = vectors * Vec::size();
   const HugePageArray<acc_t> xt = transpose_padded<scalar_t, acc_t>(x, B, w.in, Bp);
   const HugePageArray<acc_t> gyt = transpose_padded<scalar_t, acc_t>(gy, B, w.rows, Bp);
-  parallel_over_rows(w.row_ptr, w.rows, [&](int64_t r0, int64_t r1) {
+  parallel_over_rows(w.row_ptr, w.rows, vectors, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const acc_t* g = gyt.data() + r * Bp;
       for (int64_t j = w.row_ptr[r]; j < w.row_ptr[r + 1]; ++j) {
