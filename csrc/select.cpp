@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <unordered_set>
 #include <vector>
 
 #include "prune_checks.h"
@@ -339,10 +340,14 @@ void zero_smallest_cpu(at::TensorList tensors, at::TensorList masks,
   check_select_args(values, keep, at::Device(at::kCPU));
   std::vector<at::Tensor> vs, ks, targets, outs;
   check_select_k(k, gather_inputs(values, keep, vs, ks));
-  // The mask pass zeroes targets before the ties are ranked: scores that share memory with the
-  // tensors they rank must be read from a copy.
-  for (size_t i = 0; i < vs.size() && scores.has_value(); ++i)
-    if (vs[i].is_alias_of(tensors[i])) vs[i] = vs[i].clone();
+  // The mask pass zeroes targets before the ties are ranked: scores that share memory with any
+  // of the tensors (not only the one they rank) must be read from a copy.
+  if (scores.has_value()) {
+    std::unordered_set<const c10::StorageImpl*> zeroed;
+    for (const auto& t : tensors) zeroed.insert(t.storage().unsafeGetStorageImpl());
+    for (auto& v : vs)
+      if (zeroed.count(v.storage().unsafeGetStorageImpl())) v = v.clone();
+  }
   for (const auto& t : tensors) targets.push_back(t.is_contiguous() ? t : at::Tensor());
   for (const auto& m : masks) outs.push_back(m.is_contiguous() ? m : at::empty_like(m, at::MemoryFormat::Contiguous));
   const auto written = Selection(std::move(vs), std::move(ks), !scores.has_value(), targets).masks(k, outs);

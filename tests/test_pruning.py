@@ -182,6 +182,15 @@ def test_zero_smallest_ranks_ties_across_chunks(device, score_dtype):
     PRUNE_OP([aliased], [mask], [aliased], None, k)
     want = _prune_reference.select_smallest([t], None, k, False)[0]
     assert torch.equal(mask, want) and torch.equal(aliased, t * want)
+    # Scores that alias another of the tensors: each ranks the other.
+    a, b = t[:3].clone(), t[2:].clone()
+    k = int((a < 0).sum() + (b < 0).sum()) + int((a == 0).sum() + (b == 0).sum()) // 2
+    ga, gb = a.clone(), b.clone()
+    ma, mb = torch.empty_like(a, dtype=torch.bool), torch.empty_like(b, dtype=torch.bool)
+    PRUNE_OP([ga, gb], [ma, mb], [gb, ga], None, k)
+    want = _prune_reference.select_smallest([b, a], None, k, False)
+    assert torch.equal(ma, want[0]) and torch.equal(mb, want[1])
+    assert torch.equal(ga, a * want[0]) and torch.equal(gb, b * want[1])
 
 
 def test_zero_smallest_leaves_tensors_untouched_on_error(device):
