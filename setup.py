@@ -57,7 +57,7 @@ def cuda_gencode_flags(archs: str) -> list:
 def write_build_config(config: dict) -> None:
     path = os.path.join(HERE, "sparsedistill", "_build_config.py")
     with open(path, "w") as f:
-        f.write("# Written by setup.py at build time; read by sparsedistill/_backend.py.\n")
+        f.write("# Written by setup.py at build time; read by sparsedistill/_library.py.\n")
         f.write(f"BUILD_CONFIG = {config!r}\n")
 
 
@@ -74,9 +74,12 @@ def extensions_and_cmdclass():
         raise SystemExit(f"SPARSEDISTILL_CPU_ISA must be auto, avx2, avx512 or none, got {isa!r}")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for is an OpenMP pragma in a header: without -fopenmp it silently runs serially.
-    cxx = [*opt, "-fopenmp", *ISA_FLAGS[isa]]  # the C++ standard is the one torch asks for
+    include = [f"-I{os.path.join(HERE, 'csrc')}"]  # includes name their area: "prune/checks.h"
+    cxx = [*opt, "-fopenmp", *include, *ISA_FLAGS[isa]]  # the C++ standard is the one torch asks for
     link = ["-fopenmp"]
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    # csrc/<area>/*.cpp are the CPU kernels (csrc/common/module.cpp the Python module),
+    # csrc/<area>/cuda/ the CUDA kernels (*.cu, no torch headers) and their host wrappers (*.cpp).
+    sources = sorted(glob.glob(os.path.join("csrc", "*", "*.cpp")))
 
     nvcc_found = CUDA_HOME is not None or shutil.which("nvcc") is not None
     use_cuda = torch.version.cuda is not None and nvcc_found and not env_flag("SPARSEDISTILL_SKIP_CUDA")
@@ -85,9 +88,9 @@ def extensions_and_cmdclass():
               "debug": debug, "torch": torch.__version__, "cxx_flags": cxx}
     write_build_config(config)
     if use_cuda:
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        nvcc = ["-std=c++17", "-O3", *cuda_gencode_flags(archs)]
+        sources += sorted(glob.glob(os.path.join("csrc", "*", "cuda", "*.cpp")))
+        sources += sorted(glob.glob(os.path.join("csrc", "*", "cuda", "*.cu")))
+        nvcc = ["-std=c++17", "-O3", *include, *cuda_gencode_flags(archs)]
         if debug:
             nvcc += ["-G", "-lineinfo"]
         ext = CUDAExtension("sparsedistill._C", sources, extra_compile_args={"cxx": cxx + ["-DSPARSEDISTILL_WITH_CUDA"], "nvcc": nvcc},

@@ -75,24 +75,10 @@ def summarize_ms(samples: list[float]) -> dict:
 
 
 def time_steps(step, device: str, reps: int) -> list[float]:
-    """Milliseconds of each of `reps` calls of step(). CUDA: events around each call, one
-    synchronize at the end (no host sync between reps). CPU: time.perf_counter."""
-    if device == "cuda":
-        torch.cuda.synchronize()
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(reps)]
-        for start, end in events:
-            start.record()
-            step()
-            end.record()
-        torch.cuda.synchronize()
-        return [start.elapsed_time(end) for start, end in events]
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    """Milliseconds of each of `reps` calls of step(): the package's one timer (CUDA events and
+    one synchronize at the end on a GPU, time.perf_counter on the CPU)."""
+    from sparsedistill._timing import time_calls_ms
+    return time_calls_ms(step, reps, device)
 
 
 # ----------------------------------------------------------------------------- memory

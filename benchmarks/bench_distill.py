@@ -10,7 +10,7 @@ Providers (each one step = loss + loss.backward() w.r.t. the student; teacher wi
   torch_compile  the same function under torch.compile (compile time excluded by the warm-up)
   liger          Liger's Triton KL kernel on log_softmax(s/T), log_softmax(t/T) (log_target=True)
                  + F.cross_entropy; CUDA only, when liger_kernel imports
-  reference      sparsedistill._reference.distill_loss called directly (the pure-PyTorch kernel
+  reference      sparsedistill.distill.reference.distill_loss called directly (the pure-PyTorch kernel
                  that serves the op without the native build; it computes the gradient itself)
   sparsedistill  sparsedistill.distillation_loss (the fused kernel)
 Bandwidth counts the floor bytes 3*N*V*elem: student and teacher read once, gradient written once.
@@ -89,7 +89,7 @@ def make_loss_fn(provider: str, device: str, T: float, alpha: float):
             raise RuntimeError("sparsedistill is not importable")
         return lambda s, t, y: sd.distillation_loss(s, t, y, T=T, alpha=alpha)
     if provider == "reference":
-        from sparsedistill import _reference as R
+        from sparsedistill.distill import reference as R
 
         def reference(s, t, y):  # per-row loss and the gradient of the mean, in one call
             n = s.shape[0]
@@ -350,7 +350,7 @@ def suite_jobs(ctx, T: float = 4.0, alpha: float = 0.5):
         except RuntimeError as e:
             skipped.append(C.skipped_row("distill", "distill_loss", p, device, str(e), "torch_eager"))
     backend = backend_name(device)
-    notes = {"sparsedistill": backend, "reference": "sparsedistill._reference (pure PyTorch)",
+    notes = {"sparsedistill": backend, "reference": "sparsedistill.distill.reference (pure PyTorch)",
              "torch_compile": "torch.compile of torch_eager"}
     checks: dict = {}
     jobs = []

@@ -40,7 +40,7 @@ try:
 except ImportError:  # an in-place build next to benchmarks/
     sys.path.insert(1, os.path.dirname(HERE))
     import sparsedistill as sd
-from sparsedistill import _prune_reference as PR  # noqa: E402
+from sparsedistill.prune import reference as PR  # noqa: E402
 
 KERNELS = {"prune_tensor": ["torch_prune", "kthvalue", "torch_compile", "reference", "sparsedistill"],
            "prune_global": ["torch_global", "reference", "sparsedistill"],

@@ -34,7 +34,7 @@ else:  # python benchmarks/bench_sparse_linear.py
     import _common as C  # noqa: E402
 
 import sparsedistill as sd  # noqa: E402
-from sparsedistill import _sparse_reference as SR  # noqa: E402
+from sparsedistill.sparse import reference as SR  # noqa: E402
 from sparsedistill.sparse import SparseWeight  # noqa: E402
 
 SHAPES = [(4096, 4096), (11008, 4096)]

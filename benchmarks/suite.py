@@ -21,7 +21,6 @@ import csv
 import datetime
 import importlib
 import os
-import sys
 import time
 
 import torch

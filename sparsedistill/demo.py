@@ -22,10 +22,9 @@ import time
 import torch
 from torch import nn
 
-from .metrics import cpu_latency_ms, evaluate, model_stats
-from .sparse_modules import SparseLinear, sparsify
-from .structured import CubicSparsitySchedule, shrink_dead_units_
-from .train import MaskedPruner, fit_distill, train_hard_labels
+from .prune import CubicSparsitySchedule, shrink_dead_units_
+from .sparse import sparsify
+from .train import MaskedPruner, cpu_latency_ms, evaluate, fit_distill, model_stats, train_hard_labels
 
 # The full run; --quick divides the epochs (a smoke test, not a result).
 # The teacher is a small CNN trained on randomly shifted images (98.7-100% on the test splits of

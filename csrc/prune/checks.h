@@ -1,0 +1,81 @@
+// Argument checks of the pruning ops (select_smallest, nm_mask), shared by the C++ CPU kernels
+// and the CUDA host wrappers so that every backend accepts and rejects the same calls with the
+// same messages (sparsedistill/prune/checks.py mirrors them for the reference kernels).
+#pragma once
+#include <optional>
+
+#include "common/checks.h"
+
+namespace sparsedistill {
+
+// values: floating point, all on `device`; keep (if given): one bool mask per tensor, of its
+// shape, on its device.
+inline void check_select_args(at::TensorList values, const std::optional<at::TensorList>& keep,
+                              const at::Device& device) {
+  SD_CHECK_ARG(!keep.has_value() || keep->size() == values.size(),
+               "keep must hold one mask per tensor (", static_cast<int64_t>(values.size()),
+               "), got ", static_cast<int64_t>(keep ? keep->size() : 0));
+  for (size_t i = 0; i < values.size(); ++i) {
+    const auto index = static_cast<int64_t>(i);
+    const at::Tensor& v = values[i];
+    SD_CHECK_TYPE(is_float_dtype(v.scalar_type()), "values[", index,
+                  "] must be floating point (float32, bfloat16, float16, float64), got ", dtype_str(v));
+    SD_CHECK_ARG(v.device() == device, "values[", index, "] must be on ", device.str(), ", got ",
+                 device_str(v));
+    if (keep.has_value()) {
+      const at::Tensor& m = (*keep)[i];
+      SD_CHECK_ARG(m.scalar_type() == at::kBool && m.sizes() == v.sizes() && m.device() == v.device(),
+                   "keep[", index, "] must be a bool tensor of the shape of values[", index, "] ",
+                   shape_str(v), " on its device");
+    }
+  }
+}
+
+// zero_smallest(tensors, masks, scores, keep, k): tensors to zero (floating point), masks to
+// write (bool, one per tensor, of its shape), scores (if given) of the same shapes and devices.
+inline void check_zero_smallest_args(at::TensorList tensors, at::TensorList masks,
+                                     const std::optional<at::TensorList>& scores) {
+  SD_CHECK_ARG(masks.size() == tensors.size(), "masks must hold one mask per tensor (",
+               static_cast<int64_t>(tensors.size()), "), got ", static_cast<int64_t>(masks.size()));
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const auto index = static_cast<int64_t>(i);
+    SD_CHECK_TYPE(is_float_dtype(tensors[i].scalar_type()), "tensors[", index,
+                  "] must be floating point (float32, bfloat16, float16, float64), got ",
+                  dtype_str(tensors[i]));
+    SD_CHECK_ARG(masks[i].scalar_type() == at::kBool && masks[i].sizes() == tensors[i].sizes() &&
+                     masks[i].device() == tensors[i].device(),
+                 "masks[", index, "] must be a bool tensor of the shape and device of tensors[", index,
+                 "] ", shape_str(tensors[i]));
+  }
+  if (!scores.has_value()) return;
+  SD_CHECK_ARG(scores->size() == tensors.size(), "scores must hold one tensor per tensor (",
+               static_cast<int64_t>(tensors.size()), "), got ", static_cast<int64_t>(scores->size()));
+  for (size_t i = 0; i < tensors.size(); ++i)
+    SD_CHECK_ARG((*scores)[i].sizes() == tensors[i].sizes() && (*scores)[i].device() == tensors[i].device(),
+                 "scores[", static_cast<int64_t>(i), "] must have the shape and device of tensors[",
+                 static_cast<int64_t>(i), "] ", shape_str(tensors[i]));
+}
+
+inline void check_select_k(int64_t k, int64_t eligible) {
+  SD_CHECK_ARG(k >= 0 && k <= eligible, "k must lie in [0, ", eligible,
+               "] (the eligible elements), got ", k);
+}
+
+inline void check_select_no_nan(bool has_nan, int64_t tensor) {
+  SD_CHECK_ARG(!has_nan, "tensors[", tensor,
+               "] (or its scores) holds NaN: magnitudes must be comparable");
+}
+
+// nm_mask(values, n, m, magnitude): groups of m consecutive elements along the last dim.
+inline void check_nm_mask_args(const at::Tensor& values, int64_t n, int64_t m) {
+  SD_CHECK_TYPE(is_float_dtype(values.scalar_type()),
+                "values must be floating point (float32, bfloat16, float16, float64), got ",
+                dtype_str(values));
+  SD_CHECK_ARG(values.dim() >= 1, "values must have at least one dim");
+  SD_CHECK_ARG(m >= 1, "m must be >= 1, got ", m);
+  SD_CHECK_ARG(n >= 0 && n <= m, "n must lie in [0, m] = [0, ", m, "], got ", n);
+  SD_CHECK_ARG(values.size(-1) % m == 0, "the last dim of values (size ", values.size(-1),
+               ") must be divisible by m = ", m);
+}
+
+}  // namespace sparsedistill

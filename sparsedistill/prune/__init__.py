@@ -1,0 +1,26 @@
+"""Pruning. As a namespace, ``from sparsedistill import prune`` is a drop-in for
+``torch.nn.utils.prune`` (torch_compat.py: same names and semantics, bool masks, exact fast
+selection), and it also holds the rest of the area:
+
+- magnitude.py: exact k-smallest masks per tensor or across a model (the select_smallest and
+  zero_smallest ops), by magnitude or by any score;
+- nm.py: N:M masks (the nm_mask op) and 2:4 semi-structured conversion;
+- structured.py: channel and group norms, structured masks; shrink.py: removing pruned units;
+- schedule.py: the cubic sparsity schedule.
+
+ops.py defines the ops, reference.py holds their pure-PyTorch kernels, checks.py the argument
+checks; the native kernels are in csrc/prune/.
+"""
+from . import ops  # noqa: F401  (defines the ops)
+from .magnitude import global_magnitude_masks, global_magnitude_prune_, magnitude_mask, magnitude_prune_
+from .nm import nm_mask, to_semi_structured
+from .schedule import CubicSparsitySchedule, cubic_sparsity_schedule
+from .shrink import shrink_conv_pair, shrink_dead_units_, shrink_linear_pair, shrink_mlp_
+from .structured import channel_norms, group_norms, structured_mask
+from .torch_compat import *  # noqa: F401,F403  (torch.nn.utils.prune's names)
+from .torch_compat import __all__ as _torch_names
+
+__all__ = [*_torch_names, "magnitude_mask", "magnitude_prune_", "global_magnitude_masks",
+           "global_magnitude_prune_", "nm_mask", "to_semi_structured", "channel_norms",
+           "group_norms", "structured_mask", "shrink_linear_pair", "shrink_conv_pair",
+           "shrink_mlp_", "shrink_dead_units_", "cubic_sparsity_schedule", "CubicSparsitySchedule"]

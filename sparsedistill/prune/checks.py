@@ -1,0 +1,150 @@
+"""Argument checks of the pruning area, written once. The op-level checks (select_smallest,
+zero_smallest, nm_mask) are used by the reference kernels (and the fake kernels) and mirrored,
+message for message, by csrc/prune/checks.h for the native kernels; the rest check the public
+functions' arguments before anything is touched."""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from .._common import FLOAT_DTYPE_NAMES, FLOAT_DTYPES, op_check, shape_str
+
+
+# ----------------------------------------------------------------------------- public arguments
+def check_int(name: str, value, low: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def check_float_tensor(name: str, t) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor ({FLOAT_DTYPE_NAMES}), got {t.dtype}")
+    return t
+
+
+def check_dim(dim, t: torch.Tensor) -> int:
+    """`dim` as a non-negative index of one of t's dims."""
+    dim = check_int("dim", dim)
+    if not -t.dim() <= dim < t.dim():
+        raise ValueError(f"dim must lie in [{-t.dim()}, {t.dim()}) for a {t.dim()}-D tensor, got {dim}")
+    return dim % t.dim()
+
+
+def check_norm_order(n) -> float:
+    if isinstance(n, bool) or not isinstance(n, numbers.Real) or not n > 0:
+        raise ValueError(f"n (the norm order) must be a positive number or inf, got {n!r}")
+    return float(n)
+
+
+def resolve_amount(amount, n: int, name: str = "amount") -> int:
+    """How many of n elements to prune: a fraction in [0, 1] (rounded, as torch.nn.utils.prune
+    does) or an integer count in [0, n]."""
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
+        raise TypeError(f"{name} must be a float fraction in [0, 1] or an int count, got {amount!r}")
+    if isinstance(amount, numbers.Integral):
+        if not 0 <= amount <= n:
+            raise ValueError(f"{name} as a count must lie in [0, {n}] (the prunable elements), got {amount}")
+        return int(amount)
+    if not 0.0 <= amount <= 1.0:
+        raise ValueError(f"{name} as a fraction must lie in [0, 1], got {amount}")
+    return int(round(amount * n))
+
+
+def _check_like(name: str, x, like: torch.Tensor, dtypes) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.shape != like.shape:
+        raise ValueError(f"{name} must have shape {tuple(like.shape)}, got {tuple(x.shape)}")
+    if x.device != like.device:
+        raise ValueError(f"{name} must be on {like.device}, got {x.device}")
+    if x.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {dtypes}, got {x.dtype}")
+
+
+def check_selection_args(tensors, amount, scores, masks):
+    """The arguments of the magnitude functions; returns (tensors, scores, masks, k)."""
+    tensors = list(tensors)
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"tensors[{i}] must be a floating-point tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+    if scores is not None:
+        scores = list(scores)
+        if len(scores) != len(tensors):
+            raise ValueError(f"scores must hold one tensor per tensor ({len(tensors)}), got {len(scores)}")
+        for i, (s, t) in enumerate(zip(scores, tensors)):
+            _check_like(f"scores[{i}]", s, t, FLOAT_DTYPES)
+        scores = [s.detach() for s in scores]
+    if masks is not None:
+        masks = list(masks)
+        if len(masks) != len(tensors):
+            raise ValueError(f"masks must hold one mask per tensor ({len(tensors)}), got {len(masks)}")
+        for i, (m, t) in enumerate(zip(masks, tensors)):
+            _check_like(f"masks[{i}]", m, t, (torch.bool,))
+        n = sum(int(m.sum()) for m in masks)
+    else:
+        n = sum(t.numel() for t in tensors)
+    return tensors, scores, masks, resolve_amount(amount, n)
+
+
+# ----------------------------------------------------------------------------- op arguments
+def check_select_args(values, keep) -> None:
+    """select_smallest(values, keep, k, magnitude): csrc/prune/checks.h check_select_args."""
+    op_check(keep is None or len(keep) == len(values), ValueError,
+             "keep must hold one mask per tensor (", len(values), "), got ", len(keep or ()))
+    for i, v in enumerate(values):
+        op_check(v.dtype in FLOAT_DTYPES, TypeError,
+                 f"values[{i}] must be floating point ({FLOAT_DTYPE_NAMES}), got ", v.dtype)
+        op_check(v.device == values[0].device, ValueError,
+                 f"values[{i}] must be on ", values[0].device, ", got ", v.device)
+        if keep is not None:
+            m = keep[i]
+            op_check(m.dtype == torch.bool and m.shape == v.shape and m.device == v.device, ValueError,
+                     f"keep[{i}] must be a bool tensor of the shape of values[{i}] ", shape_str(v),
+                     " on its device")
+
+
+def check_zero_smallest_args(tensors, masks, scores) -> None:
+    """zero_smallest(tensors, masks, scores, keep, k): csrc/prune/checks.h check_zero_smallest_args."""
+    op_check(len(masks) == len(tensors), ValueError,
+             "masks must hold one mask per tensor (", len(tensors), "), got ", len(masks))
+    for i, (t, m) in enumerate(zip(tensors, masks)):
+        op_check(t.dtype in FLOAT_DTYPES, TypeError,
+                 f"tensors[{i}] must be floating point ({FLOAT_DTYPE_NAMES}), got ", t.dtype)
+        op_check(m.dtype == torch.bool and m.shape == t.shape and m.device == t.device, ValueError,
+                 f"masks[{i}] must be a bool tensor of the shape and device of tensors[{i}] ", shape_str(t))
+    if scores is None:
+        return
+    op_check(len(scores) == len(tensors), ValueError,
+             "scores must hold one tensor per tensor (", len(tensors), "), got ", len(scores))
+    for i, (s, t) in enumerate(zip(scores, tensors)):
+        op_check(s.shape == t.shape and s.device == t.device, ValueError,
+                 f"scores[{i}] must have the shape and device of tensors[{i}] ", shape_str(t))
+
+
+def check_select_k(k: int, eligible: int) -> None:
+    op_check(0 <= k <= eligible, ValueError, "k must lie in [0, ", eligible,
+             "] (the eligible elements), got ", k)
+
+
+def check_select_no_nan(has_nan: bool, tensor: int) -> None:
+    op_check(not has_nan, ValueError, f"tensors[{tensor}] (or its scores) holds NaN: "
+             "magnitudes must be comparable")
+
+
+def check_nm_mask_args(values: torch.Tensor, n: int, m: int) -> None:
+    """nm_mask(values, n, m, magnitude): csrc/prune/checks.h check_nm_mask_args. Reads metadata
+    only, so the fake kernel uses it too."""
+    op_check(values.dtype in FLOAT_DTYPES, TypeError,
+             f"values must be floating point ({FLOAT_DTYPE_NAMES}), got ", values.dtype)
+    op_check(values.dim() >= 1, ValueError, "values must have at least one dim")
+    op_check(m >= 1, ValueError, "m must be >= 1, got ", m)
+    op_check(0 <= n <= m, ValueError, "n must lie in [0, m] = [0, ", m, "], got ", n)
+    op_check(values.shape[-1] % m == 0, ValueError, "the last dim of values (size ", values.shape[-1],
+             ") must be divisible by m = ", m)

@@ -1,0 +1,52 @@
+"""The pruning ops, defined once: schema, default (reference) kernel and fake kernel. The native
+kernels (csrc/prune/) register for the CPU and CUDA keys of the same ops and override the
+default when the extension is loaded; see sparsedistill/_library.py.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._library import define
+from . import reference
+from .checks import check_nm_mask_args
+
+# ---------------------------------------------------------------------------------------------
+# select_smallest: exact k-smallest selection over a list of tensors (one threshold for all)
+# without sorting. Returns one bool keep-mask per tensor: exactly k of the eligible elements
+# (keep[i] True, or all when keep is None) are False, ranked by key ascending (|value| if
+# magnitude, else value), ties by (tensor index, flat index); not-eligible elements stay False.
+# ---------------------------------------------------------------------------------------------
+define("select_smallest(Tensor[] values, Tensor[]? keep, int k, bool magnitude) -> Tensor[]",
+       reference.select_smallest)
+
+
+@torch.library.register_fake("sparsedistill::select_smallest")
+def _select_smallest_fake(values, keep, k, magnitude):
+    return [torch.empty_like(v, dtype=torch.bool) for v in values]
+
+
+# zero_smallest: select_smallest by |tensors| (or by scores) that writes the keep-masks into
+# `masks` and zeroes, in place, every element of tensors whose mask is False (the native CPU
+# and CUDA kernels do it in their mask pass, so pruning costs no extra pass over the weights).
+define("zero_smallest(Tensor(a!)[] tensors, Tensor(b!)[] masks, Tensor[]? scores, "
+       "Tensor[]? keep, int k) -> ()", reference.zero_smallest)
+
+
+@torch.library.register_fake("sparsedistill::zero_smallest")
+def _zero_smallest_fake(tensors, masks, scores, keep, k):
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# nm_mask: N:M keep-mask along the last dim. In every group of m consecutive elements the n
+# largest keys (|value| if magnitude, else value) are kept; ties: the lower index is pruned
+# first; NaN ranks above every number (sparsedistill.nm_mask rejects NaN before calling).
+# Returns a contiguous bool tensor of values' shape.
+# ---------------------------------------------------------------------------------------------
+define("nm_mask(Tensor values, int n, int m, bool magnitude) -> Tensor", reference.nm_mask)
+
+
+@torch.library.register_fake("sparsedistill::nm_mask")
+def _nm_mask_fake(values, n, m, magnitude):
+    check_nm_mask_args(values, n, m)
+    return values.new_empty(values.shape, dtype=torch.bool)
