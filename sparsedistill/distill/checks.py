@@ -1,7 +1,7 @@
 """Argument checks of the distillation loss, written once: `check_loss_args` for the public
 function and module, `check_distill_loss_args` / `check_scale_rows_args` for the ops, used by the
 reference kernels and mirrored, message for message, by csrc/distill/checks.h for the native
-kernels (tests/distill/test_checks.py runs every bad call through each backend)."""
+kernels (tests/distill/test_distill_checks.py runs every bad call through each backend)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ import torch
 from .._common import FLOAT_DTYPE_NAMES, FLOAT_DTYPES, cpp_float, op_check, shape_str
 
 # Divergence codes of the distill_loss op. csrc/distill/params.h defines the same enum;
-# tests/distill/test_checks.py reads that header and checks that the numbers agree.
+# tests/distill/test_distill_checks.py reads that header and checks that the numbers agree.
 FORWARD_KL, REVERSE_KL, JSD = 0, 1, 2
 DIVERGENCES = {"kl": FORWARD_KL, "forward_kl": FORWARD_KL, "reverse_kl": REVERSE_KL, "jsd": JSD}
 REDUCTIONS = ("mean", "sum", "none")

@@ -36,16 +36,14 @@ def select_smallest(values: list[torch.Tensor], keep: list[torch.Tensor] | None,
                     magnitude: bool) -> list[torch.Tensor]:
     """Reference of ``sparsedistill::select_smallest``; returns one bool keep-mask per tensor."""
     check_select_args(values, keep)
-    keys, eligible = [], []
+    eligible = [keep[i].reshape(-1) if keep is not None
+                else torch.ones(v.numel(), dtype=torch.bool, device=v.device) for i, v in enumerate(values)]
+    flat_eligible = torch.cat(eligible) if eligible else torch.zeros(0, dtype=torch.bool)
+    check_select_k(k, int(flat_eligible.sum()))  # before the NaN check, as the native kernels
     for i, v in enumerate(values):
         check_select_no_nan(bool(torch.isnan(v).any()), i)
-        keys.append(order_keys(v, magnitude))
-        eligible.append(keep[i].reshape(-1) if keep is not None
-                        else torch.ones(v.numel(), dtype=torch.bool, device=v.device))
+    keys = [order_keys(v, magnitude) for v in values]
     flat_keys = torch.cat(keys) if keys else torch.zeros(0, dtype=torch.int64)
-    flat_eligible = torch.cat(eligible) if eligible else torch.zeros(0, dtype=torch.bool)
-    n_eligible = int(flat_eligible.sum())
-    check_select_k(k, n_eligible)
     # Not-eligible elements sort last (and stay False).
     rank_keys = torch.where(flat_eligible, flat_keys, torch.full_like(flat_keys, 1 << 33))
     flat_keep = prune_lowest(rank_keys, k) & flat_eligible

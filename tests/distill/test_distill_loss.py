@@ -11,15 +11,9 @@ import sparsedistill
 from sparsedistill.distill import reference as _reference
 from sparsedistill._library import serves
 
-from _helpers import skip_unless_native
+from _helpers import TOL, skip_unless_native
 
-# Per-dtype tolerances for values and gradients vs the float64 oracle (inputs rounded first).
-TOL = {
-    torch.float32: dict(rtol=1e-4, atol=1e-5),
-    torch.bfloat16: dict(rtol=2e-2, atol=2e-3),
-    torch.float16: dict(rtol=5e-3, atol=5e-4),
-}
-DTYPES = list(TOL)
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 OP_RAW = torch.ops.sparsedistill.distill_loss
 
 

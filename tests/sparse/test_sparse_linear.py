@@ -10,21 +10,16 @@ import sparsedistill
 from sparsedistill.sparse import SparseWeight
 from sparsedistill.sparse.checks import validate_structure
 
-from _helpers import skip_unless_native
+from _helpers import close, skip_unless_native
 
 OPS = torch.ops.sparsedistill
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-# Tolerance per dtype, scaled by sqrt(in_features) for absolute error (sums of many products).
-TOL = {torch.float32: (1e-4, 1e-5), torch.float64: (1e-10, 1e-12),
-       torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-3, 2e-3)}
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
 
 def assert_close(got, want, dtype, in_features):
-    rtol, atol = TOL[dtype]
-    torch.testing.assert_close(got.double(), want.double(), rtol=rtol,
-                               atol=atol * (in_features + 1) ** 0.5)
+    close(got, want, dtype, terms=in_features + 1)
 
 
 def pruned_weight(out, inp, sparsity, dtype=torch.float32, device="cpu"):
