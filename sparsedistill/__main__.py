@@ -15,9 +15,10 @@ def main() -> int:
     print(f"native extension loaded: {info['native_loaded']}"
           + (f" ({info['reason']})" if info["reason"] else ""))
     print("build: " + ", ".join(f"{k}={v}" for k, v in info["build"].items()))
+    width = max(map(len, info["ops"]))
     for op, devices in info["ops"].items():
         for dev, impl in devices.items():
-            print(f"  {op:<16} {dev:<5} {impl}")
+            print(f"  {op:<{width}} {dev:<5} {impl}")
     return 0
 
 

@@ -20,10 +20,6 @@
 #include <limits>
 #include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "common/cpu_memory.h"
 #include "distill/checks.h"
 

@@ -97,7 +97,8 @@ class SparseWeight:
 
     @classmethod
     def from_csr(cls, csr: torch.Tensor) -> "SparseWeight":
-        """From a torch.sparse_csr_tensor (columns are sorted here if they are not)."""
+        """From a torch.sparse_csr_tensor, through its dense form: columns come out sorted and
+        stored zeros are dropped."""
         if not isinstance(csr, torch.Tensor) or csr.layout != torch.sparse_csr or csr.dim() != 2:
             raise TypeError("csr must be a 2-D torch.sparse_csr tensor, got "
                             f"{getattr(csr, 'layout', type(csr).__name__)}")
@@ -111,7 +112,7 @@ class SparseWeight:
             warnings.simplefilter("ignore", UserWarning)
             return torch.sparse_csr_tensor(self.row_ptr, self.col_idx.to(torch.int64),
                                            self.values.detach(), size=self.shape,
-                                           check_invariants=False)  # validate() checked them
+                                           check_invariants=False)  # validate() checks the structure
 
     def to(self, *args, **kwargs) -> "SparseWeight":
         """Moves to a device and/or casts the values to a dtype (indices keep theirs)."""

@@ -227,3 +227,23 @@ def test_zero_smallest_opcheck(device):
     w = torch.randn(20, 30, device=device)
     torch.library.opcheck(PRUNE_OP, ([w.clone(), w[0].clone()], [w > 0, w[0] > 0], None, None, 40))
     torch.library.opcheck(PRUNE_OP, ([w.clone()], [w > 0], [w.abs() + 1], [w > -0.5], 10))
+
+
+def test_torch_compile_fullgraph(device):
+    # Both selection ops inside a compiled graph (fake kernels, functionalisation of the
+    # in-place zero_smallest), against eager on the same inputs.
+    w = torch.randn(33, 65, device=device)
+
+    def masks_then_prune(w, scores):
+        keep = OP([w, scores], None, 500, True)
+        pruned = w.clone()
+        masks = [torch.empty_like(w, dtype=torch.bool)]
+        PRUNE_OP([pruned], masks, [scores], None, 700)
+        return keep[0], keep[1], pruned, masks[0]
+
+    scores = torch.rand(33, 65, device=device)
+    compiled = torch.compile(masks_then_prune, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(w, scores), masks_then_prune(w, scores)):
+        assert torch.equal(got, want)
+    fn = torch.compile(lambda t: sparsedistill.magnitude_mask(t, 0.3), fullgraph=True, backend="aot_eager")
+    assert torch.equal(fn(w), sparsedistill.magnitude_mask(w, 0.3))
