@@ -22,11 +22,28 @@ _state = {"loaded": False, "reason": None, "config": {}}
 
 def define(schema: str, reference) -> None:
     """Defines the op `schema` with `reference` as its kernel for every device (the "default"
-    of bitsandbytes): native kernels registered for CPU or CUDA override it."""
+    of bitsandbytes): native kernels registered for CPU or CUDA override it. An op that writes
+    its arguments (`Tensor(a!)`) also bumps their version counters, as stock in-place ops do,
+    so autograd refuses a backward through values it overwrote."""
     name = schema.split("(", 1)[0]
     lib.define(schema)
     lib.impl(name, reference, "CompositeExplicitAutograd")
     OPS.append(name)
+    op = getattr(torch.ops.sparsedistill, name).default
+    written = [i for i, a in enumerate(op._schema.arguments) if a.alias_info is not None and a.alias_info.is_write]
+    if written:
+        lib.impl(name, _version_bump(op, written), "ADInplaceOrView", with_keyset=True)
+
+
+def _version_bump(op, written: list[int]):
+    """The ADInplaceOrView kernel of a mutating op: bump the written arguments, run the op."""
+    below = torch._C._after_ADInplaceOrView_keyset
+
+    def kernel(keyset, *args):
+        for i in written:
+            torch.autograd.graph.increment_version(args[i])
+        return op.redispatch(keyset & below, *args)
+    return kernel
 
 
 def _cpu_supports(isa: str | None) -> bool:

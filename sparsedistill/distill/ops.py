@@ -47,6 +47,11 @@ def _distill_loss_setup_context(ctx, inputs, output):
 def _distill_loss_backward(ctx, grad_loss_rows, _grad_soft, _grad_hard, _grad_grad):
     if grad_loss_rows is None:
         return (None,) * 10
+    if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative is asked for
+        raise RuntimeError(
+            "sparsedistill.distillation_loss does not support double backward (create_graph=True, "
+            "hessians, gradient penalties): its gradient is computed in the forward and is not "
+            "differentiable. Use the stock composite for second derivatives.")
     if not ctx.compute_grad:
         raise RuntimeError(
             "sparsedistill.distill_loss was called with compute_grad=False, so it has no "

@@ -158,6 +158,27 @@ def validate_structure(values, row_ptr, col_idx, row_order, in_features: int, na
         raise ValueError(f"{name}.row_order must be a permutation of the {out_features} rows")
 
 
+class Stamp:
+    """What a validated structure was: its tensors (held, so that their identity cannot be
+    reused), their version counters (bumped by every in-place write), nnz and in_features.
+    `matches` is a few attribute reads: the kernels read the structure unchecked (a column
+    out of range reads past the input), so every entry point compares the stamp first and
+    validates again only when something changed."""
+
+    __slots__ = ("tensors", "versions", "nnz", "in_features")
+
+    def __init__(self, values, row_ptr, col_idx, row_order, in_features: int):
+        self.tensors = (row_ptr, col_idx, row_order)
+        self.versions = (row_ptr._version, col_idx._version, row_order._version)
+        self.nnz, self.in_features = values.shape[0], in_features
+
+    def matches(self, values, row_ptr, col_idx, row_order, in_features: int) -> bool:
+        t = self.tensors
+        return (t[0] is row_ptr and t[1] is col_idx and t[2] is row_order
+                and self.versions == (row_ptr._version, col_idx._version, row_order._version)
+                and values.shape[0] == self.nnz and in_features == self.in_features)
+
+
 # ----------------------------------------------------------------------------- public arguments
 def check_input(input, weight, bias) -> None:
     """The arguments of sparse_linear(input, weight, bias) before reshaping."""

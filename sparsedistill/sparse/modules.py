@@ -2,6 +2,7 @@
 sparsify(model), which swaps in SparseLinear wherever the sparse kernel is measured faster."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._timing import median_ms
-from .checks import validate_structure
+from .checks import Stamp, validate_structure
 from .weight import SparseWeight, sparse_linear
 
 _STRUCTURE = ("row_ptr", "col_idx", "row_order")
@@ -18,7 +19,12 @@ _STRUCTURE = ("row_ptr", "col_idx", "row_order")
 class SparseLinear(nn.Module):
     """``y = x @ W.T + b`` with W kept as CSR. The nonzero values are a Parameter (sparse
     fine-tuning trains them with the pattern fixed); the structure is buffers, so ``.to()``,
-    ``state_dict()`` and ``torch.load(weights_only=True)`` work as for any module."""
+    ``state_dict()`` and ``torch.load(weights_only=True)`` work as for any module.
+
+    The structure is validated whenever it changed (a buffer replaced or written in place,
+    a load): the kernels read it unchecked, so a malformed one raises before any kernel runs.
+    A load is all or nothing: a checkpoint with a missing, extra-sized or malformed structure
+    part leaves the module unchanged."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  device=None, dtype=None):
@@ -31,13 +37,30 @@ class SparseLinear(nn.Module):
                      if bias else None)
 
     def _set_weight(self, w: SparseWeight) -> None:
+        w.ensure_valid()
         self.values = nn.Parameter(w.values)
         for name in _STRUCTURE:
             self.register_buffer(name, getattr(w, name))
+        self._restamp()
+
+    def _parts(self):
+        return self.values, self.row_ptr, self.col_idx, self.row_order, self.in_features
+
+    def _restamp(self) -> None:
+        self._stamp = Stamp(*self._parts())
+
+    def _ensure_valid(self) -> None:
+        """Validate the structure again if it changed since it last passed. (Not while
+        torch.compile traces: version counters are not traceable; the stamp of the last eager
+        call stands.)"""
+        if not torch.compiler.is_compiling() and not self._stamp.matches(*self._parts()):
+            validate_structure(*self._parts(), name=type(self).__name__)
+            self._restamp()
 
     @property
     def sparse_weight(self) -> SparseWeight:
-        return SparseWeight(self.values, self.row_ptr, self.col_idx, self.row_order, self.in_features)
+        self._ensure_valid()
+        return SparseWeight._trusted(*self._parts())
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None = None) -> "SparseLinear":
@@ -84,9 +107,13 @@ class SparseLinear(nn.Module):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # The op checks dtypes and devices itself; only the layout is handled here, so that a
         # small layer is not dominated by Python (see sparse_linear for the checked path).
-        if input.dim() == 2 and input.shape[1] == self.in_features:
-            return torch.ops.sparsedistill.sparse_linear(
-                input, self.values, self.row_ptr, self.col_idx, self.row_order, self.in_features, self.bias)
+        self._ensure_valid()
+        if input.dim() >= 2 and input.shape[-1] == self.in_features:
+            lead = input.shape[:-1]
+            x = input if input.dim() == 2 else input.reshape(math.prod(lead), self.in_features)
+            y = torch.ops.sparsedistill.sparse_linear(
+                x, self.values, self.row_ptr, self.col_idx, self.row_order, self.in_features, self.bias)
+            return y if input.dim() == 2 else y.reshape(*lead, self.out_features)
         return sparse_linear(input, self.sparse_weight, self.bias)
 
     def extra_repr(self) -> str:
@@ -95,27 +122,53 @@ class SparseLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        # The nonzero count is data: check the incoming structure whole, then adopt its sizes
-        # (and index dtype) before the default copy. A malformed one changes nothing.
-        incoming = {name: state_dict.get(prefix + name) for name in ("values", *_STRUCTURE)}
-        if all(t is not None for t in incoming.values()):
-            try:
-                validate_structure(*incoming.values(), self.in_features, prefix.rstrip(".") or "weight")
-            except (TypeError, ValueError) as exc:
-                error_msgs.append(str(exc))
-                return
-            for name, new in incoming.items():
-                mine = getattr(self, name)
-                if new.shape == mine.shape and (name == "values" or new.dtype == mine.dtype):
-                    continue
-                fresh = torch.empty(new.shape, dtype=mine.dtype if name == "values" else new.dtype,
-                                    device=mine.device)
-                if name == "values":
-                    self.values = nn.Parameter(fresh, requires_grad=mine.requires_grad)
-                else:
-                    self.register_buffer(name, fresh)
+        # The nonzero count is data: the incoming structure is checked whole first, then its
+        # sizes (and index dtype) are adopted, then the default copy runs. Any problem (a
+        # missing part, a malformed one) leaves the module as it was.
+        keys = ("values", *_STRUCTURE)
+        incoming = {name: state_dict.get(prefix + name) for name in keys}
+        present = [name for name, t in incoming.items() if t is not None]
+        if not present:  # nothing of this module in the checkpoint: the default reports it
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                                 missing_keys, unexpected_keys, error_msgs)
+        label = prefix.rstrip(".") or type(self).__name__
+        if len(present) < len(keys):
+            missing = [prefix + n for n in keys if incoming[n] is None]
+            error_msgs.append(f"{label}: the checkpoint holds only part of the sparse structure "
+                              f"(missing {', '.join(missing)}); the module was left unchanged")
+            return
+        try:
+            for name, t in incoming.items():
+                if not isinstance(t, torch.Tensor):
+                    raise TypeError(f"{label}.{name} must be a tensor, got {type(t).__name__}")
+            validate_structure(*incoming.values(), self.in_features, label)
+            bias = state_dict.get(prefix + "bias")
+            if self.bias is not None and bias is not None and bias.shape != self.bias.shape:
+                raise ValueError(f"{label}.bias must have shape {tuple(self.bias.shape)}, got "
+                                 f"{tuple(bias.shape)}")
+        except (TypeError, ValueError) as exc:
+            error_msgs.append(str(exc))
+            return
+        old = {name: getattr(self, name) for name in keys}
+        for name, new in incoming.items():
+            mine = old[name]
+            if new.shape == mine.shape and (name == "values" or new.dtype == mine.dtype):
+                continue
+            fresh = torch.empty(new.shape, dtype=mine.dtype if name == "values" else new.dtype,
+                                device=mine.device)
+            if name == "values":
+                self.values = nn.Parameter(fresh, requires_grad=mine.requires_grad)
+            else:
+                self.register_buffer(name, fresh)
+        n_errors = len(error_msgs)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if len(error_msgs) > n_errors:  # e.g. a bias of the wrong shape: undo the resizing
+            self.values = old["values"]
+            for name in _STRUCTURE:
+                self.register_buffer(name, old[name])
+            return
+        self._restamp()  # copied from a structure validated just above
 
 
 @dataclass

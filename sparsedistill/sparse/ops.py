@@ -47,6 +47,11 @@ def _sparse_linear_setup_context(ctx, inputs, output):
 
 
 def _sparse_linear_backward(ctx, grad_out):
+    if torch.is_grad_enabled():  # backward(create_graph=True): a second derivative is asked for
+        raise RuntimeError(
+            "sparsedistill.sparse_linear does not support double backward (create_graph=True, "
+            "hessians, gradient penalties); use the dense layer (SparseLinear.to_dense()) for "
+            "second derivatives.")
     input, values, row_ptr, col_idx, row_order = ctx.saved_tensors
     grad_out = grad_out.contiguous()
     grad_input = grad_values = grad_bias = None

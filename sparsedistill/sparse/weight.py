@@ -7,6 +7,7 @@ per row (row pointer and row order).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -14,7 +15,7 @@ import torch
 
 from .._common import FLOAT_DTYPE_NAMES, FLOAT_DTYPES
 from . import ops  # noqa: F401  (defines torch.ops.sparsedistill.sparse_linear)
-from .checks import column_index_dtype, check_input, validate_structure
+from .checks import Stamp, check_input, column_index_dtype, validate_structure
 from .reference import dense_weight
 
 __all__ = ["SparseWeight", "sparse_linear"]
@@ -26,14 +27,43 @@ def rows_by_length(row_ptr: torch.Tensor) -> torch.Tensor:
     return torch.sort(counts, descending=True, stable=True).indices.to(torch.int32)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class SparseWeight:
-    """A CSR-compressed (out_features, in_features) weight; see the module docstring."""
+    """A CSR-compressed (out_features, in_features) weight; see the module docstring.
+
+    Built from parts, the structure is validated whole (validate(); ValueError/TypeError naming
+    the part). The fields are read-only, and a part written in place after that is validated
+    again before any kernel reads it, so a malformed structure never reaches a kernel."""
     values: torch.Tensor
     row_ptr: torch.Tensor
     col_idx: torch.Tensor
     row_order: torch.Tensor
     in_features: int
+
+    def __post_init__(self):
+        if isinstance(self.in_features, bool) or not isinstance(self.in_features, int):
+            raise TypeError(f"in_features must be an int, got {self.in_features!r}")
+        for name in ("values", "row_ptr", "col_idx", "row_order"):
+            if not isinstance(getattr(self, name), torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(getattr(self, name)).__name__}")
+        self.validate()
+
+    @classmethod
+    def _trusted(cls, values, row_ptr, col_idx, row_order, in_features: int) -> "SparseWeight":
+        """A SparseWeight whose structure is valid by construction (from_dense, empty, to)."""
+        w = object.__new__(cls)
+        for name, value in (("values", values), ("row_ptr", row_ptr), ("col_idx", col_idx),
+                            ("row_order", row_order), ("in_features", in_features)):
+            object.__setattr__(w, name, value)
+        object.__setattr__(w, "_stamp", Stamp(values, row_ptr, col_idx, row_order, in_features))
+        return w
+
+    def ensure_valid(self, name: str = "weight") -> None:
+        """validate() again if a part was written since it last passed (a few attribute reads
+        when nothing changed)."""
+        if not torch.compiler.is_compiling() and not self._stamp.matches(
+                self.values, self.row_ptr, self.col_idx, self.row_order, self.in_features):
+            self.validate(name)
 
     @property
     def out_features(self) -> int:
@@ -71,10 +101,10 @@ class SparseWeight:
     def empty(cls, out_features: int, in_features: int, *, device=None,
               dtype=torch.float32) -> "SparseWeight":
         """An all-zero weight (no nonzeros), without materialising the dense shape."""
-        return cls(torch.empty(0, dtype=dtype, device=device),
-                   torch.zeros(out_features + 1, dtype=torch.int64, device=device),
-                   torch.empty(0, dtype=column_index_dtype(in_features), device=device),
-                   torch.arange(out_features, dtype=torch.int32, device=device), in_features)
+        return cls._trusted(torch.empty(0, dtype=dtype, device=device),
+                            torch.zeros(out_features + 1, dtype=torch.int64, device=device),
+                            torch.empty(0, dtype=column_index_dtype(in_features), device=device),
+                            torch.arange(out_features, dtype=torch.int32, device=device), in_features)
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor) -> "SparseWeight":
@@ -92,8 +122,8 @@ class SparseWeight:
         row_ptr = torch.zeros(out_features + 1, dtype=torch.int64, device=w.device)
         torch.cumsum(counts, 0, out=row_ptr[1:])
         rows, cols = nonzero.nonzero(as_tuple=True)  # row-major: columns ascend within a row
-        return cls(w[rows, cols].contiguous(), row_ptr, cols.to(column_index_dtype(in_features)),
-                   rows_by_length(row_ptr), in_features)
+        return cls._trusted(w[rows, cols].contiguous(), row_ptr, cols.to(column_index_dtype(in_features)),
+                            rows_by_length(row_ptr), in_features)
 
     @classmethod
     def from_csr(cls, csr: torch.Tensor) -> "SparseWeight":
@@ -116,23 +146,27 @@ class SparseWeight:
 
     def to(self, *args, **kwargs) -> "SparseWeight":
         """Moves to a device and/or casts the values to a dtype (indices keep theirs)."""
+        self.ensure_valid()
         values = self.values.to(*args, **kwargs)
         device = values.device
-        return SparseWeight(values, self.row_ptr.to(device), self.col_idx.to(device),
-                            self.row_order.to(device), self.in_features)
+        return SparseWeight._trusted(values, self.row_ptr.to(device), self.col_idx.to(device),
+                                     self.row_order.to(device), self.in_features)
 
     def validate(self, name: str = "weight") -> None:
         """Raises ValueError/TypeError naming the part of the structure that is malformed."""
         validate_structure(self.values, self.row_ptr, self.col_idx, self.row_order,
                            self.in_features, name)
+        object.__setattr__(self, "_stamp", Stamp(self.values, self.row_ptr, self.col_idx,
+                                                 self.row_order, self.in_features))
 
 
 def sparse_linear(input: torch.Tensor, weight: SparseWeight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``input @ W.T + bias`` for a compressed weight, in nn.Linear's layout: input
     (..., in_features) -> (..., out_features). Differentiable in input, weight.values and bias."""
     check_input(input, weight, bias)
+    weight.ensure_valid()
     lead = input.shape[:-1]
     y = torch.ops.sparsedistill.sparse_linear(
-        input.reshape(-1, weight.in_features), weight.values, weight.row_ptr, weight.col_idx,
-        weight.row_order, weight.in_features, bias)
+        input.reshape(math.prod(lead), weight.in_features), weight.values, weight.row_ptr,
+        weight.col_idx, weight.row_order, weight.in_features, bias)
     return y.reshape(*lead, weight.out_features)
