@@ -277,7 +277,7 @@ def append_csv(path: str, rows: list[dict], fields: list[str]) -> None:
 
 
 def csv_path(path: str, fields: list[str], area: str) -> str:
-    """run_all.py hands every benchmark the same --csv: a file that already holds another schema
+    """Every benchmark may be handed the same --csv: a file that already holds another schema
     gets this benchmark's rows in a sibling, <name>.<area>.csv, instead of misaligned columns."""
     if os.path.exists(path) and os.path.getsize(path) > 0:
         with open(path) as f:

@@ -237,7 +237,7 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write everything (machine, checks, results) as JSON")
     p.add_argument("--markdown", help="write the tables as markdown")
     args, unknown = p.parse_known_args(argv)
-    if unknown:  # run_all.py hands every benchmark the same arguments
+    if unknown:  # a caller may hand every benchmark the same arguments
         print(f"bench_prune.py: ignoring {' '.join(unknown)}")
     return args
 

@@ -54,7 +54,7 @@ echo "== memcheck of the CUDA tests ($(elapsed))"
 if command -v compute-sanitizer > /dev/null; then
   timeout "$(cap "${MEMCHECK_TIMEOUT:-60}")" compute-sanitizer --tool memcheck --leak-check no \
     --error-exitcode 3 --target-processes all \
-    python3 -m pytest tests/test_distill_cuda.py tests/test_select_cuda.py tests/test_sparse_linear_cuda.py \
+    python3 -m pytest tests/distill/test_distill_cuda.py tests/prune/test_select_cuda.py tests/prune/test_nm_mask.py tests/sparse/test_sparse_linear_cuda.py \
       -q -x -p no:cacheprovider -k "not 2_pow_31 and not 262144 and not opcheck" > "$OUT/memcheck.log" 2>&1
   rc=$?
   tail -15 "$OUT/memcheck.log"

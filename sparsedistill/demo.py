@@ -27,12 +27,7 @@ from .sparse import sparsify
 from .train import MaskedPruner, cpu_latency_ms, evaluate, fit_distill, model_stats, train_hard_labels
 
 # The full run; --quick divides the epochs (a smoke test, not a result).
-# The teacher is a small CNN trained on randomly shifted images (98.7-100% on the test splits of
-# seeds 0-7, against 97.6-98.9% for the best MLP teacher tried, seeds 0-3); the students are MLPs
-# trained on the plain images. Measured over seeds: an MLP teacher gave the students no reliable
-# edge over hard labels (seed 0 lost), and students trained on shifted images lost 2-4 points
-# (too small to learn the invariance). Distillation at T=4 or with few epochs underfits here:
-# the student needs long training at a high learning rate to match the teacher's soft targets.
+# Why these settings, as measured over seeds: docs/performance.md, "The digits demo".
 CONFIG = dict(teacher="cnn", teacher_channels=(32, 64), student=(128, 128), sparsity=0.75, T=2.0,
               alpha=0.7, teacher_epochs=40, teacher_lr=2e-3, student_epochs=150, lr=5e-3,
               prune_epochs=100, prune_lr=2e-3, batch_size=64, test_size=0.25, teacher_shifts=True)

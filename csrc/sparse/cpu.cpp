@@ -73,8 +73,7 @@ void parallel_over_rows(const int64_t* row_ptr, int64_t rows, int64_t vectors, F
 
 // Rows [b0, b1) and columns [c0, c1) of x (B, n) in scalar_t, transposed into dst (n, width)
 // in acc_t: dst[c, b - b0] = x[b, c], columns [b1 - b0, width) zeroed. Contiguous stores,
-// strided loads: the other order (strided stores) stalled on the store buffer and took a
-// quarter of the whole forward call at 99% sparsity, batch 128.
+// strided loads (why, as measured: docs/performance.md, "Sparse matmul").
 template <typename scalar_t, typename acc_t>
 inline void transpose_rows(const scalar_t* x, int64_t n, int64_t b0, int64_t b1, int64_t c0, int64_t c1,
                            int64_t width, acc_t* dst) {
@@ -186,10 +185,8 @@ struct Csr {
 };
 
 // The one-row path reads kStreams rows at once, each from its own stretch of the weight, and
-// prefetches each kPrefetchAhead nonzeros ahead. One row at a time, with prefetches 4096
-// nonzeros ahead, read a weight streamed from memory at 14-16 GB/s; four rows, 19-25 GB/s
-// (4096x4096 float32, 70-95% sparse, on the 2-core Xeon of the README). MKL's dense gemv reads
-// four rows at a time too.
+// prefetches each kPrefetchAhead nonzeros ahead: four streams keep more misses in flight than
+// one (measured in docs/performance.md). MKL's dense gemv reads four rows at a time too.
 constexpr int kStreams = 4;
 constexpr int64_t kPrefetchAhead = 256;  // nonzeros
 

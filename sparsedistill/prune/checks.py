@@ -67,13 +67,64 @@ def _check_like(name: str, x, like: torch.Tensor, dtypes) -> None:
         raise TypeError(f"{name} must have dtype in {dtypes}, got {x.dtype}")
 
 
-def check_selection_args(tensors, amount, scores, masks):
-    """The arguments of the magnitude functions; returns (tensors, scores, masks, k)."""
+def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+            and a.dtype == b.dtype)
+
+
+def _byte_range(t: torch.Tensor) -> tuple[int, int]:
+    span = 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+    low = t.data_ptr() - sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()) if st < 0) * t.element_size()
+    return low, low + span * t.element_size()
+
+
+def unique_tensors(tensors: list, scores, masks) -> list[int]:
+    """For each tensor, the index of its first occurrence. The same view listed twice (tied
+    weights) is ranked once: its masks and scores must then be the same too. Tensors that share
+    memory otherwise (overlapping views) are refused: their elements would be ranked twice."""
+    index, by_storage = [], {}
+    for i, t in enumerate(tensors):
+        first = i
+        if t.numel():
+            for j in by_storage.setdefault(t.untyped_storage().data_ptr(), []):
+                u = tensors[j]
+                if _same_view(t, u):
+                    first = j
+                    for name, extra in (("scores", scores), ("masks", masks)):
+                        if extra is not None and not _same_view(extra[i], extra[j]):
+                            raise ValueError(f"tensors[{i}] is tensors[{j}] listed again (tied weights), "
+                                             f"so {name}[{i}] must be {name}[{j}] too")
+                    break
+                (lo, hi), (ulo, uhi) = _byte_range(t), _byte_range(u)
+                if lo < uhi and ulo < hi:
+                    raise ValueError(f"tensors[{i}] overlaps tensors[{j}] in memory (views of one "
+                                     "weight); pass each weight once, whole")
+            if first == i:
+                by_storage[t.untyped_storage().data_ptr()].append(i)
+        index.append(first)
+    return index
+
+
+def check_selection_args(tensors, amount, scores, masks, *, writes: bool = False):
+    """The arguments of the magnitude functions. Returns (tensors, scores, masks, k, index):
+    the distinct tensors (and their scores and masks), k, and for each given tensor the
+    position of its distinct one. `writes`: the tensors will be zeroed in place."""
     tensors = list(tensors)
     for i, t in enumerate(tensors):
         if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"tensors[{i}] must be a floating-point tensor, got "
+            raise TypeError(f"tensors[{i}] must be a floating-point tensor ({FLOAT_DTYPE_NAMES}), got "
                             f"{getattr(t, 'dtype', type(t).__name__)}")
+        if t.is_meta:
+            raise ValueError(f"tensors[{i}] is a meta tensor: it holds no values to rank")
+        if t.device != tensors[0].device:
+            raise ValueError(f"tensors[{i}] must be on the device of tensors[0] ({tensors[0].device}), "
+                             f"got {t.device}")
+        if writes and any(st == 0 and n > 1 for n, st in zip(t.shape, t.stride())):
+            raise ValueError(f"tensors[{i}] has elements that share memory (an expanded view): "
+                             "it cannot be pruned in place; prune a contiguous copy")
+        if writes and t.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(f"tensors[{i}] is an inference tensor: it cannot be pruned in place "
+                               "outside torch.inference_mode()")
     if scores is not None:
         scores = list(scores)
         if len(scores) != len(tensors):
@@ -87,10 +138,19 @@ def check_selection_args(tensors, amount, scores, masks):
             raise ValueError(f"masks must hold one mask per tensor ({len(tensors)}), got {len(masks)}")
         for i, (m, t) in enumerate(zip(masks, tensors)):
             _check_like(f"masks[{i}]", m, t, (torch.bool,))
-        n = sum(int(m.sum()) for m in masks)
+    # (Not while torch.compile traces: storages are not traceable there.)
+    if len(tensors) > 1 and not torch.compiler.is_compiling():
+        index = unique_tensors(tensors, scores, masks)
     else:
-        n = sum(t.numel() for t in tensors)
-    return tensors, scores, masks, resolve_amount(amount, n)
+        index = list(range(len(tensors)))
+    keep = sorted(set(index))
+    if len(keep) < len(tensors):
+        tensors = [tensors[i] for i in keep]
+        scores = None if scores is None else [scores[i] for i in keep]
+        masks = None if masks is None else [masks[i] for i in keep]
+        index = [keep.index(i) for i in index]
+    n = sum(int(m.sum()) for m in masks) if masks is not None else sum(t.numel() for t in tensors)
+    return tensors, scores, masks, resolve_amount(amount, n), index
 
 
 # ----------------------------------------------------------------------------- op arguments

@@ -23,21 +23,28 @@ def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=No
     """One exact threshold across `tensors` (a whole model): prunes `amount` of all their
     elements together, without concatenating them. With `masks` (existing keep-masks),
     `amount` applies to the elements that remain and pruned ones stay pruned. With `scores`,
-    the scores rank the elements instead of the magnitudes."""
-    tensors, scores, masks, k = check_selection_args(tensors, amount, scores, masks)
+    the scores rank the elements instead of the magnitudes.
+
+    The same tensor listed twice (tied weights) counts once and gets the same mask at both
+    places; tensors that otherwise share memory are refused. All must be on one device."""
+    tensors, scores, masks, k, index = check_selection_args(tensors, amount, scores, masks)
     values = scores if scores is not None else [t.detach() for t in tensors]
-    return list(torch.ops.sparsedistill.select_smallest(values, masks, k, scores is None))
+    keep = torch.ops.sparsedistill.select_smallest(values, masks, k, scores is None)
+    return [keep[i] for i in index]
 
 
 @torch.no_grad()
 def global_magnitude_prune_(tensors: Sequence[torch.Tensor], amount, *, scores=None,
                             masks=None) -> list[torch.Tensor]:
     """global_magnitude_masks that also zeroes the pruned weights in place (in the same pass
-    over memory on the CPU). Returns the keep-masks; nothing is modified on a bad argument."""
-    tensors, scores, masks, k = check_selection_args(tensors, amount, scores, masks)
+    over memory on the CPU). Returns the keep-masks; nothing is modified on a bad argument.
+    Expanded views and inference tensors (outside inference mode) are refused, as stock
+    in-place ops refuse them; tied and overlapping tensors as in global_magnitude_masks."""
+    tensors, scores, masks, k, index = check_selection_args(tensors, amount, scores, masks, writes=True)
     keep = [torch.empty_like(t, dtype=torch.bool, memory_format=torch.contiguous_format) for t in tensors]
+    # .detach() shares the version counter: autograd still sees the write (the op bumps it).
     torch.ops.sparsedistill.zero_smallest([t.detach() for t in tensors], keep, scores, masks, k)
-    return keep
+    return [keep[i] for i in index]
 
 
 def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None) -> torch.Tensor:
