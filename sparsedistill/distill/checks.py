@@ -5,6 +5,7 @@ kernels (tests/distill/test_distill_checks.py runs every bad call through each b
 from __future__ import annotations
 
 import math
+import numbers
 import re
 
 import torch
@@ -25,8 +26,29 @@ def divergence_codes_in_header(text: str) -> dict:
     return {name: int(value) for name, value in re.findall(r"(k\w+)\s*=\s*(\d+)", body)}
 
 
-def check_loss_args(student, teacher, labels, T, alpha, beta, reduction, divergence) -> None:
-    """The arguments of distillation_loss / DistillationLoss, before any reshaping."""
+# The temperatures the float32 kernels compute with exactly enough range: 1/T and T^2 must stay
+# finite and normal in float32 (T=1e-40 or 1e20 would turn the loss into NaN).
+T_RANGE = (1e-6, 1e6)
+
+
+def as_real(name: str, x, low: float, high: float, closed_low: bool = True) -> float:
+    """x as a Python float if it is a real number (int, float, numpy scalar, or a 0-d / one-
+    element tensor that needs no gradient) in [low, high]; else a ValueError naming it."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.requires_grad and not x.is_complex():
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number (int, float, numpy scalar or one-element "
+                        f"tensor), got {type(x).__name__}")
+    value = float(x)
+    if not (math.isfinite(value) and (low <= value if closed_low else low < value) and value <= high):
+        bracket = "[" if closed_low else "("
+        raise ValueError(f"{name} must be a number in {bracket}{low:g}, {high:g}], got {x!r}")
+    return value
+
+
+def check_loss_args(student, teacher, labels, T, alpha, beta, reduction, divergence):
+    """The arguments of distillation_loss / DistillationLoss, before any reshaping. Returns
+    (T, alpha, beta) as floats."""
     for name, x in (("student_logits", student), ("teacher_logits", teacher)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -53,16 +75,14 @@ def check_loss_args(student, teacher, labels, T, alpha, beta, reduction, diverge
         if labels.device != student.device:
             raise ValueError(f"true_labels must be on the device of student_logits "
                              f"({student.device}), got {labels.device}")
-    if not (isinstance(T, (int, float)) and not isinstance(T, bool) and 0 < T < math.inf):
-        raise ValueError(f"T (temperature) must be a finite number > 0, got {T!r}")
-    if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
-        raise ValueError(f"beta must be a number in [0, 1], got {beta!r}")
+    T = as_real("T (temperature)", T, *T_RANGE)
+    alpha = as_real("alpha", alpha, 0.0, 1.0)
+    beta = as_real("beta", beta, 0.0, 1.0)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {tuple(DIVERGENCES)}, got {divergence!r}")
+    return T, alpha, beta
 
 
 def check_distill_loss_args(student, teacher, labels, grad_scale, T, alpha, beta, divergence) -> None:

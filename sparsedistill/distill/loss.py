@@ -36,7 +36,9 @@ def distillation_loss(
             it differs (one copy).
         true_labels: class indices of shape ``student_logits.shape[:-1]``, or None for the soft
             term alone (then ``alpha`` is not applied: the loss is ``T^2 * D``).
-        T: temperature > 0. alpha: weight of the soft term in [0, 1].
+        T: temperature in [1e-6, 1e6] (the float32 range of 1/T and T^2). alpha: weight of the
+            soft term in [0, 1]. Both (and beta) may be ints, floats, numpy scalars or
+            one-element tensors.
         ignore_index: rows with this label are left out of both terms.
         reduction: "mean" (over the rows not ignored, for both terms; note that stock
             ``kl_div(reduction="batchmean")`` divides a (B, S, V) sum by B, not by B*S),
@@ -51,7 +53,8 @@ def distillation_loss(
     Returns:
         the loss in the student's dtype, or ``(loss, soft, hard)`` with ``return_parts``.
     """
-    check_loss_args(student_logits, teacher_logits, true_labels, T, alpha, beta, reduction, divergence)
+    T, alpha, beta = check_loss_args(student_logits, teacher_logits, true_labels, T, alpha, beta,
+                                     reduction, divergence)
     code = DIVERGENCES[divergence]
     if code == JSD and beta in (0.0, 1.0):  # the JSD formula degenerates to 0 at the ends
         code = FORWARD_KL if beta == 0.0 else REVERSE_KL
@@ -105,7 +108,7 @@ class DistillationLoss(nn.Module):
         super().__init__()
         # Validate once here so a bad configuration fails at construction, not mid-training.
         probe = torch.zeros(1, 1)
-        check_loss_args(probe, probe, None, T, alpha, beta, reduction, divergence)
+        T, alpha, beta = check_loss_args(probe, probe, None, T, alpha, beta, reduction, divergence)
         self.T, self.alpha, self.beta = T, alpha, beta
         self.ignore_index, self.reduction = ignore_index, reduction
         self.divergence, self.return_parts = divergence, return_parts

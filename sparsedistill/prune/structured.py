@@ -28,6 +28,8 @@ def group_norms(weight: torch.Tensor, group_size: int, n: float = 2, dim: int = 
     per_group = math.prod(weight.shape) // size * group_size if size else 0
     x = weight.detach().movedim(dim, 0).reshape(size // group_size, per_group)
     acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    if per_group == 0:  # empty groups have norm 0 (linalg refuses ord=inf on empty dims)
+        return torch.zeros(x.shape[0], dtype=acc, device=weight.device)
     return torch.linalg.vector_norm(x, ord=order, dim=1, dtype=acc)
 
 
