@@ -1,6 +1,9 @@
 """CUDA-only checks of the select_smallest kernel: bitwise the masks of the C++ CPU kernel and of
 the reference (heavy ties, -0/+0, keep masks, many tensors, odd sizes, every dtype, k = 0 and
-k = n), its errors, and a tensor beyond 2^31 elements. Skipped on machines without a GPU."""
+k = n), its errors, and a tensor beyond 2^31 elements; and of the zero_smallest kernel (the same
+selection, zeroing in its mask pass): masks and zeroed tensors bitwise those of the reference
+on CPU copies, with scores, keep masks, aliasing and non-contiguous arguments. Skipped on
+machines without a GPU."""
 import pytest
 import torch
 
@@ -13,7 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 OP = torch.ops.sparsedistill.select_smallest
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
-CHUNK = 8192  # kSelectChunk in csrc/cuda/select_kernel.h: sizes around it cross chunk borders
+CHUNK = 8192  # kSelectChunk in csrc/prune/cuda/select_kernel.h: sizes around it cross chunk borders
 
 
 def eligible_count(vals, keep):
@@ -215,3 +218,282 @@ def test_more_than_2_pow_31_elements():
     kept_min = v.masked_fill(~mask, float("inf")).min()
     pruned_max = v.masked_fill(mask, float("-inf")).max()
     assert pruned_max <= kept_min
+
+
+
+# ---------------------------------------------------------------------------------------------
+# zero_smallest
+
+ZERO = torch.ops.sparsedistill.zero_smallest
+
+
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def same_bits(got, want):
+    """Same dtype, shape and bits (so zeroed elements are +0 as in the reference, kept -0 stay -0,
+    and NaN compares equal to itself)."""
+    bits = _BITS[want.element_size()]
+    return (got.dtype == want.dtype and got.shape == want.shape
+            and torch.equal(got.contiguous().view(bits), want.contiguous().view(bits)))
+
+
+def zero_both(build, k):
+    """Lays the same data out twice with build(device) -> (tensors, masks, scores, keep, written),
+    runs the CUDA kernel on the "cuda" layout and the reference on the "cpu" one, and compares
+    every tensor in `written` (tensors, masks, and the bases of views that the call writes
+    through) bitwise. build must be deterministic: it lays out tensors made beforehand on the CPU,
+    so that aliasing between the arguments is the same on both devices."""
+    t, m, s, kp, written = build("cuda")
+    ZERO(t, m, s, kp, k)
+    torch.cuda.synchronize()
+    t_ref, m_ref, s_ref, kp_ref, written_ref = build("cpu")
+    _prune_reference.zero_smallest(t_ref, m_ref, s_ref, kp_ref, k)
+    assert len(written) == len(written_ref)
+    for i, (g, w) in enumerate(zip(written, written_ref)):
+        assert g.is_cuda, i
+        assert same_bits(g.cpu(), w), f"written[{i}] differs from the reference (k={k})"
+
+
+def plain(tensors, scores=None, keep=None, mask_layout=None):
+    """A build for zero_both: fresh copies of CPU tensors, scores and keep masks on `device`;
+    masks from mask_layout(device, tensor) (default: empty contiguous bool tensors)."""
+    def build(device):
+        t = [x.to(device, copy=True) for x in tensors]
+        s = [x.to(device, copy=True) for x in scores] if scores is not None else None
+        kp = [x.to(device, copy=True) for x in keep] if keep is not None else None
+        m = [mask_layout(device, x) if mask_layout else torch.empty(x.shape, dtype=torch.bool, device=device)
+             for x in t]
+        return t, m, s, kp, t + m
+    return build
+
+
+def test_zero_smallest_cuda_kernel_serves():
+    skip_unless_native("cuda")
+    assert serves("zero_smallest", "cuda") == "cuda kernel"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_keep", [False, True])
+@pytest.mark.parametrize("score_dtype", [None, torch.float32, torch.float16])
+def test_zero_smallest_heavy_ties(dtype, with_keep, score_dtype):
+    sizes = [(300, 7), (1,), (0, 4), (70001,), (CHUNK,), (CHUNK + 1,), (3, 5, 17)]
+    tensors = [torch.randint(-3, 4, s).to(dtype) for s in sizes]
+    tensors[0][0, 0] = -0.0
+    tensors[3][::7] = -0.0  # kept -0 stay -0, zeroed ones become +0
+    scores = ([torch.randint(-2, 3, s).to(score_dtype) for s in sizes] if score_dtype is not None
+              else None)
+    keep = [torch.rand(s) > 0.3 for s in sizes] if with_keep else None
+    for k in ks_for(eligible_count(tensors, keep)):
+        zero_both(plain(tensors, scores, keep), k)
+
+
+@pytest.mark.parametrize("with_keep", [False, True])
+def test_zero_smallest_odd_sizes_and_mixed_dtypes(with_keep):
+    sizes = [1, 2, 31, 33, 255, 257, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 1, 100003]
+    tensors = [torch.randint(-50, 50, (s,)).to(DTYPES[i % len(DTYPES)]) for i, s in enumerate(sizes)]
+    keep = [torch.rand(s) > 0.5 for s in sizes] if with_keep else None
+    for k in ks_for(eligible_count(tensors, keep)):
+        zero_both(plain(tensors, None, keep), k)
+    # scores of other dtypes than the tensors they rank
+    scores = [torch.randn(s).to(DTYPES[(i + 1) % len(DTYPES)]) for i, s in enumerate(sizes)]
+    for k in ks_for(eligible_count(tensors, keep)):
+        zero_both(plain(tensors, scores, keep), k)
+
+
+def test_zero_smallest_distinct_values_and_special_values():
+    tensors = [torch.randn(41, 1271), torch.randn(2 * CHUNK + 3).double(),
+               torch.tensor([1e-45, -1e-45, 0.0, -0.0, float("inf"), float("-inf"), 1.0, -1.0]),
+               torch.tensor([6e-8, -6e-8, 65504.0, -65504.0, float("inf"), 0.0, -0.0], dtype=torch.float16)]
+    for k in ks_for(eligible_count(tensors, None)):
+        zero_both(plain(tensors), k)
+
+
+def test_zero_smallest_ties_across_chunks():
+    """Ties spread over many chunks with only some pruned: the ranks decided in the mask pass."""
+    t = torch.randint(-20, 21, (5, 70001)).float()
+    scores = [torch.randint(0, 9, t.shape).half()]
+    for k in [1, 123457, 200001, t.numel() - 1]:
+        zero_both(plain([t]), k)
+        zero_both(plain([t], scores), k)
+
+
+def test_zero_smallest_non_contiguous():
+    base = torch.randint(-3, 4, (67, 45)).float()
+    tensors = [base.clone(), base.to(torch.bfloat16).t(), base.half()[::2], base.double()[:, 1::3]]
+    assert not any(x.is_contiguous() for x in tensors[1:])
+    scores = [torch.randint(0, 4, x.shape).float().t().contiguous().t() for x in tensors]
+    keep = [(torch.rand(x.t().shape) > 0.3).t() for x in tensors]  # non-contiguous keep masks
+
+    def build(device, with_scores, with_keep, odd_masks):
+        # Non-contiguous views of device tensors: the view is what the op gets, the base what
+        # it must leave right (elements outside the view untouched).
+        bases = [base.to(device, copy=True), base.to(torch.bfloat16).to(device, copy=True),
+                 base.half().to(device, copy=True), base.double().to(device, copy=True)]
+        t = [bases[0], bases[1].t(), bases[2][::2], bases[3][:, 1::3]]
+        m = [torch.empty(x.shape, dtype=torch.bool, device=device) for x in t]
+        mask_bases = []
+        if odd_masks:  # non-contiguous masks, some inside a larger buffer
+            mask_bases = [torch.ones(x.shape[1], x.shape[0], dtype=torch.bool, device=device) for x in t]
+            m = [mb.t() for mb in mask_bases]
+            big = torch.ones(t[3].shape[0], 2 * t[3].shape[1], dtype=torch.bool, device=device)
+            m[3] = big[:, ::2]
+            mask_bases[3] = big
+        s = [x.to(device, copy=True) for x in scores] if with_scores else None
+        kp = [x.to(device) for x in keep] if with_keep else None
+        return t, m, s, kp, bases + t + m + mask_bases
+
+    for with_scores in (False, True):
+        for with_keep in (False, True):
+            for odd_masks in (False, True):
+                n = eligible_count(tensors, keep if with_keep else None)
+                for k in ks_for(n):
+                    zero_both(lambda d: build(d, with_scores, with_keep, odd_masks), k)
+
+
+def test_zero_smallest_scores_alias_the_tensors():
+    t = torch.randint(-20, 21, (3, 70001)).float()
+    # scores that are the tensors themselves: the threshold at 0, so negatives zeroed in the
+    # mask pass must not turn into ties of a later read
+    k = int((t < 0).sum()) + int((t == 0).sum()) // 2
+
+    def same(device):
+        x = t.to(device, copy=True)
+        m = torch.empty(x.shape, dtype=torch.bool, device=device)
+        return [x], [m], [x], None, [x, m]
+    zero_both(same, k)
+
+    # each ranks the other
+    a, b = t[:2].clone(), t[1:].clone()
+    k2 = int((a < 0).sum() + (b < 0).sum()) + int((a == 0).sum() + (b == 0).sum()) // 2
+
+    def crossed(device):
+        xa, xb = a.to(device, copy=True), b.to(device, copy=True)
+        m = [torch.empty(x.shape, dtype=torch.bool, device=device) for x in (xa, xb)]
+        return [xa, xb], m, [xb, xa], None, [xa, xb] + m
+    for kk in (1, k2, a.numel() + b.numel() - 1):
+        zero_both(crossed, kk)
+
+    # views of one buffer: scores overlap the tensors partly (shifted by half a tensor), and a
+    # score that is a view of another dtype of the same bytes is not the same tensor
+    flat = torch.randint(-5, 6, (4 * CHUNK + 10,)).float()
+    n = CHUNK + 3
+
+    def shifted(device):
+        buf = flat.to(device, copy=True)
+        tensors = [buf[:n], buf[n:2 * n]]
+        scores = [buf[n // 2:n // 2 + n], buf[2 * n:3 * n]]
+        m = [torch.empty(n, dtype=torch.bool, device=device) for _ in tensors]
+        return tensors, m, scores, None, [buf] + m
+    for kk in ks_for(2 * n):
+        zero_both(shifted, kk)
+
+
+def test_zero_smallest_tensors_overlap_each_other():
+    """Two views of one buffer that overlap: both are ranked as they were before any zeroing,
+    and each zeroes its own pruned elements (the reference's order: select, then zero)."""
+    flat = torch.randint(-4, 5, (3 * CHUNK,)).float()
+
+    def build(device):
+        buf = flat.to(device, copy=True)
+        tensors = [buf[:2 * CHUNK], buf[CHUNK:]]
+        m = [torch.empty(2 * CHUNK, dtype=torch.bool, device=device) for _ in tensors]
+        return tensors, m, None, None, [buf] + m
+    for k in ks_for(4 * CHUNK):
+        zero_both(build, k)
+
+
+def test_zero_smallest_keep_is_the_masks():
+    """keep given as the masks to write (iterative pruning in place): the selection uses keep as
+    it was on entry."""
+    t = torch.randint(-3, 4, (5, CHUNK + 77)).float()
+    keep = torch.rand(t.shape) > 0.3
+    t2 = torch.randn(999).double()
+    keep2 = torch.rand(t2.shape) > 0.5
+
+    def same(device):
+        x, x2 = t.to(device, copy=True), t2.to(device, copy=True)
+        m, m2 = keep.to(device, copy=True), keep2.to(device, copy=True)
+        return [x, x2], [m, m2], None, [m, m2], [x, x2, m, m2]
+
+    def crossed(device):  # masks[0] is keep[1]'s buffer and the other way round (same shapes)
+        x, y = t.to(device, copy=True), (t * -1).to(device, copy=True)
+        m, m2 = keep.to(device, copy=True), keep.logical_not().to(device)
+        return [x, y], [m, m2], None, [m2, m], [x, y, m, m2]
+    for k in ks_for(int(keep.sum()) + int(keep2.sum())):
+        zero_both(same, k)
+    for k in ks_for(t.numel()):
+        zero_both(crossed, k)
+
+
+def test_zero_smallest_errors_leave_everything_untouched():
+    """NaN and a bad k are found on the device (with keep masks, k only after the launch):
+    nothing may be zeroed or written, non-contiguous tensors and masks included."""
+    w = torch.randn(40, 50, device="cuda")
+    w_nan = w.clone()
+    w_nan[3, 4] = float("nan")
+    keep = [torch.rand(40, 50, device="cuda") > 0.5, torch.ones(40, 50, dtype=torch.bool, device="cuda")]
+    eligible = int(keep[0].sum()) + 2000
+    cases = [  # (second tensor, scores, keep, k, message)
+        (w_nan, None, None, 10, "NaN"),
+        (w_nan, None, keep, 10, "NaN"),
+        (w, [w, w_nan], None, 10, "NaN"),
+        (w, None, None, 4001, r"k must lie in \[0, 4000\]"),
+        (w, None, None, -1, r"k must lie in \[0, 4000\]"),
+        (w, None, keep, -1, rf"k must lie in \[0, {eligible}\]"),  # k < 0 must not run the mask pass
+        (w, None, keep, eligible + 1, rf"k must lie in \[0, {eligible}\]"),
+        (w, [w, w], keep, eligible + 1, rf"k must lie in \[0, {eligible}\]"),
+    ]
+    for second, scores, kp, k, match in cases:
+        # the second tensor and mask non-contiguous (written after the selection, if at all)
+        tensors = [w.clone(), second.t().contiguous().t()]
+        masks = [torch.ones(40, 50, dtype=torch.bool, device="cuda"),
+                 torch.ones(50, 40, dtype=torch.bool, device="cuda").t()]
+        before = [x.clone() for x in tensors]
+        with pytest.raises(ValueError, match=match):
+            ZERO(tensors, masks, scores, kp, k)
+        for x, b in zip(tensors, before):
+            assert same_bits(x.cpu(), b.cpu()), match
+        assert all(bool(m.all()) for m in masks), match
+
+
+def test_zero_smallest_k_zero_zeroes_only_the_ineligible():
+    x = torch.randn(3 * CHUNK + 1)
+    keep = torch.rand(x.shape) > 0.5
+    zero_both(plain([x], None, [keep]), 0)
+    zero_both(plain([x]), 0)  # nothing pruned, nothing zeroed
+    zero_both(plain([x], None, [torch.zeros_like(keep)]), 0)  # every element zeroed
+
+
+def test_zero_smallest_argument_errors():
+    v = torch.randn(4, 4, device="cuda")
+    m = torch.empty(4, 4, dtype=torch.bool, device="cuda")
+    with pytest.raises(ValueError, match="masks must hold one mask per tensor"):
+        ZERO([v], [m, m], None, None, 1)
+    with pytest.raises(ValueError, match=r"masks\[0\]"):
+        ZERO([v], [m.cpu()], None, None, 1)
+    with pytest.raises(ValueError, match=r"masks\[0\]"):
+        ZERO([v], [v], None, None, 1)
+    with pytest.raises(ValueError, match=r"scores\[0\]"):
+        ZERO([v], [m], [torch.randn(3, device="cuda")], None, 1)
+    with pytest.raises(ValueError, match="keep"):
+        ZERO([v], [m], None, [v > 0, v > 0], 1)
+    with pytest.raises(TypeError, match=r"tensors\[0\]"):
+        ZERO([v.int()], [m], None, None, 1)
+    with pytest.raises(ValueError, match=r"values\[1\]"):
+        ZERO([v, v.cpu()], [m, m.cpu()], None, None, 1)
+
+
+def test_zero_smallest_side_stream():
+    x = torch.randint(-3, 4, (5 * CHUNK + 7,)).float()
+    want = x.clone()
+    want_mask = torch.empty(x.shape, dtype=torch.bool)
+    _prune_reference.zero_smallest([want], [want_mask], None, None, 2 * CHUNK)
+    got = x.cuda()
+    mask = torch.empty(x.shape, dtype=torch.bool, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        ZERO([got], [mask], None, None, 2 * CHUNK)
+    s.synchronize()
+    assert same_bits(got.cpu(), want) and torch.equal(mask.cpu(), want_mask)

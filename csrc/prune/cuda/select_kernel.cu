@@ -68,6 +68,16 @@ __device__ __forceinline__ bool is_eligible(const SelectTensor& t, int64_t i) {
   return t.keep == nullptr || t.keep[i] != 0;
 }
 
+// zero_smallest: element i of t.zero becomes +0 (all bits clear, as masked_fill_(.., 0) and the
+// CPU kernel write it); a plain store, so tensors that overlap each other only ever see zeros.
+__device__ __forceinline__ void zero_element(const SelectTensor& t, int64_t i) {
+  switch (t.zero_dtype) {
+    case DType::kFloat64: static_cast<unsigned long long*>(t.zero)[i] = 0ull; break;
+    case DType::kFloat32: static_cast<uint32_t*>(t.zero)[i] = 0u; break;
+    default: static_cast<uint16_t*>(t.zero)[i] = 0u; break;  // bfloat16, float16
+  }
+}
+
 // ------------------------------------------------------------------------------- chunks
 struct ChunkRange {
   SelectTensor t;
@@ -271,6 +281,8 @@ tie_scan_kernel(int64_t num_chunks, const SelectState* state, unsigned long long
 // keep = eligible && (key > K || (key == K && rank >= need)), rank = the tie's position among
 // all eligible ties (ties_before[c] of them precede chunk c). When every tie goes (need ==
 // ties, or k == 0 with the zeroed state: K = 0 lies below every non-NaN key), no ranks.
+// zero_smallest (t.zero set): the thread that decides element i also zeroes it when pruned,
+// after it has read values[i] and keep[i] (so these may be the very buffers written).
 __global__ void __launch_bounds__(kThreads)
 mask_kernel(const SelectTensor* tensors, int64_t num_tensors, int64_t num_chunks,
             uint32_t sign_mask, const SelectState* state, const unsigned long long* ties_before) {
@@ -309,7 +321,10 @@ mask_kernel(const SelectTensor* tensors, int64_t num_tensors, int64_t num_chunks
         keep = keep || (tie && rank + before >= need);
         rank += in_block;
       }
-      if (i < end) t.mask[i] = keep;
+      if (i < end) {
+        t.mask[i] = keep;
+        if (!keep && t.zero != nullptr) zero_element(t, i);
+      }
     }
     __syncthreads();  // end_chunk
   }

@@ -16,16 +16,23 @@ namespace sparsedistill {
 constexpr int64_t kSelectChunk = 8192;
 
 // One non-empty input tensor, as the kernels see it (an array of these lives on the device).
+// The mask pass reads values[i] and keep[i] and writes mask[i] and zero[i] in one thread, so
+// values may be zero itself (and keep may be mask); no other overlap between what the kernels
+// read and what the mask pass writes is allowed (the host copies such inputs first).
 struct SelectTensor {
   const void* values;   // numel elements of dtype, contiguous
   const uint8_t* keep;  // numel bools (eligibility), or nullptr: all eligible
   uint8_t* mask;        // numel bools, the output keep-mask
+  void* zero;           // zero_smallest: numel elements of zero_dtype, contiguous, set to +0 by
+                        // the mask pass where the mask is False; nullptr: none (select_smallest)
   int64_t numel;
   int64_t first_chunk;  // global number of this tensor's first chunk
   int64_t index;        // position in the op's list (error messages)
   DType dtype;
-  int32_t pad_;
+  DType zero_dtype;
 };
+// The host (g++) and the kernels (nvcc) must agree on the layout.
+static_assert(sizeof(SelectTensor) == 64, "SelectTensor: 7 words and two dtypes, no padding");
 
 // Device-side state of one selection: zero-filled by the caller, then written by the kernels.
 // The host reads the first three fields once, after every launch (see select_host.cpp).
@@ -49,7 +56,8 @@ int64_t select_zeroed_words();
 // num_tensors descriptors, num_chunks chunks in all), k, magnitude (key of |x| or of x).
 // workspace: select_workspace_words(num_chunks) words, the first select_zeroed_words() zero.
 // On return the SelectState at the start of the workspace tells, once the stream reaches it,
-// whether the result is valid. Returns the launch status.
+// whether the result is valid; an invalid one (NaN, k < 0 or k > eligible) has written no mask
+// and zeroed nothing. Returns the launch status.
 cudaError_t launch_select_smallest(const SelectTensor* tensors, int64_t num_tensors,
                                    int64_t num_chunks, int64_t k, bool magnitude,
                                    unsigned long long* workspace, cudaStream_t stream);

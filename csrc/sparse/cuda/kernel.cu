@@ -459,37 +459,73 @@ Plan make_plan(const SparseStructure& w, int64_t batch, const void* values,
   return p;
 }
 
+// The kernel variant launch_ladder picked: rowsplit for up to kMaxBatch batch rows, or colsplit
+// with Offset-typed staged offsets and (kVecB) 16-byte batch loads.
+template <int kMaxBatch_>
+struct RowSplit {
+  static constexpr bool kRowSplit = true;
+  static constexpr int kMaxBatch = kMaxBatch_;
+};
+template <typename Offset_, bool kVecB_>
+struct ColSplit {
+  static constexpr bool kRowSplit = false;
+  using Offset = Offset_;
+  static constexpr bool kVecB = kVecB_;
+};
+
+// The dispatch ladder of the three launchers: element and index type, the Plan (values and the
+// dense operands decide the vector loads), then the variant: rowsplit with B == 1 or B <=
+// kSparseRowSplitMaxBatch, else colsplit by offset type and vectorised batch, its batch tiles
+// in grid.y unless !batch_tiles. op(Tag<Elem>, Tag<Index>, split, launch) names the op's kernel
+// for `split` and its leading arguments (operands, outputs): launch(kernel, args...) launches
+// it on the plan's grid with args followed by the sizes (rowsplit: B, in, out; colsplit: batch,
+// out) and the plan's G and vec. Returns the launch status.
+template <typename Op>
+cudaError_t launch_ladder(DType dtype, const SparseStructure& w, int64_t batch, const void* values,
+                          std::initializer_list<const void*> dense, bool batch_tiles,
+                          cudaStream_t stream, Op&& op) {
+  return dispatch_types(dtype, w.index, [&](auto elem, auto index) -> cudaError_t {
+    using Elem = typename decltype(elem)::type;
+    using Index = typename decltype(index)::type;
+    Plan p = make_plan<Elem, Index>(w, batch, values, dense);
+    if (p.rowsplit) {
+      const int B = static_cast<int>(batch < INT_MAX ? batch : INT_MAX);  // rowsplit: B <= 4
+      auto launch = [&](auto kernel, auto... args) {
+        kernel<<<p.grid, kThreads, 0, stream>>>(args..., B, w.in_features, w.out_features, p.G, p.vec);
+      };
+      if (batch == 1) op(elem, index, RowSplit<1>{}, launch);
+      else op(elem, index, RowSplit<kSparseRowSplitMaxBatch>{}, launch);
+    } else {
+      if (!batch_tiles) p.grid.y = 1;
+      auto launch = [&](auto kernel, auto... args) {
+        kernel<<<p.grid, kThreads, 0, stream>>>(args..., batch, w.out_features, p.G, p.vec);
+      };
+      dispatch_colsplit(p.offsets_fit_int32, p.vec_b, [&](auto offset, auto vec_b) {
+        op(elem, index, ColSplit<typename decltype(offset)::type, decltype(vec_b)::value>{}, launch);
+      });
+    }
+    return cudaGetLastError();
+  });
+}
+
 }  // namespace
 
 cudaError_t launch_sparse_linear(const void* x, const void* values, const SparseStructure& w,
                                  const void* bias, void* y, DType dtype, int64_t batch,
                                  cudaStream_t stream) {
   if (batch <= 0 || w.out_features <= 0) return cudaSuccess;
-  return dispatch_types(dtype, w.index, [&](auto elem, auto index) -> cudaError_t {
+  return launch_ladder(dtype, w, batch, values, {x}, /*batch_tiles=*/true, stream,
+                       [&](auto elem, auto index, auto split, auto&& launch) {
     using Elem = typename decltype(elem)::type;
     using Index = typename decltype(index)::type;
-    const auto* xs = static_cast<const Elem*>(x);
-    const auto* vs = static_cast<const Elem*>(values);
-    const auto* cs = static_cast<const Index*>(w.col_idx);
-    const auto* bs = static_cast<const Elem*>(bias);
-    auto* ys = static_cast<Elem*>(y);
-    const Plan p = make_plan<Elem, Index>(w, batch, values, {x});
-    const int B = static_cast<int>(batch < INT_MAX ? batch : INT_MAX);  // rowsplit: B <= 4
-    if (p.rowsplit && batch == 1) {
-      linear_rowsplit_kernel<Elem, Index, 1><<<p.grid, kThreads, 0, stream>>>(
-          xs, vs, w.row_ptr, cs, w.row_order, bs, ys, B, w.in_features, w.out_features, p.G, p.vec);
-    } else if (p.rowsplit) {
-      linear_rowsplit_kernel<Elem, Index, kSparseRowSplitMaxBatch><<<p.grid, kThreads, 0, stream>>>(
-          xs, vs, w.row_ptr, cs, w.row_order, bs, ys, B, w.in_features, w.out_features, p.G, p.vec);
-    } else {
-      dispatch_colsplit(p.offsets_fit_int32, p.vec_b, [&](auto offset, auto vec_b) {
-        using Offset = typename decltype(offset)::type;
-        linear_colsplit_kernel<Elem, Index, Offset, decltype(vec_b)::value>
-            <<<p.grid, kThreads, 0, stream>>>(xs, vs, w.row_ptr, cs, w.row_order, bs, ys, batch,
-                                              w.out_features, p.G, p.vec);
-      });
-    }
-    return cudaGetLastError();
+    using S = decltype(split);
+    auto kernel = [] {
+      if constexpr (S::kRowSplit) return linear_rowsplit_kernel<Elem, Index, S::kMaxBatch>;
+      else return linear_colsplit_kernel<Elem, Index, typename S::Offset, S::kVecB>;
+    }();
+    launch(kernel, static_cast<const Elem*>(x), static_cast<const Elem*>(values), w.row_ptr,
+           static_cast<const Index*>(w.col_idx), w.row_order, static_cast<const Elem*>(bias),
+           static_cast<Elem*>(y));
   });
 }
 
@@ -498,31 +534,17 @@ cudaError_t launch_sparse_linear_grad_input(const void* grad_out, const void* va
                                             DType dtype, int64_t batch,
                                             cudaStream_t stream) {
   if (batch <= 0 || w.out_features <= 0 || w.nnz <= 0 || w.in_features <= 0) return cudaSuccess;
-  return dispatch_types(dtype, w.index, [&](auto elem, auto index) -> cudaError_t {
+  return launch_ladder(dtype, w, batch, values, {grad_out}, /*batch_tiles=*/true, stream,
+                       [&](auto elem, auto index, auto split, auto&& launch) {
     using Elem = typename decltype(elem)::type;
     using Index = typename decltype(index)::type;
-    const auto* gs = static_cast<const Elem*>(grad_out);
-    const auto* vs = static_cast<const Elem*>(values);
-    const auto* cs = static_cast<const Index*>(w.col_idx);
-    auto* as = static_cast<Acc<Elem>*>(acc);
-    const Plan p = make_plan<Elem, Index>(w, batch, values, {grad_out});
-    const int B = static_cast<int>(batch < INT_MAX ? batch : INT_MAX);
-    if (p.rowsplit && batch == 1) {
-      grad_input_rowsplit_kernel<Elem, Index, 1><<<p.grid, kThreads, 0, stream>>>(
-          gs, vs, w.row_ptr, cs, w.row_order, as, B, w.in_features, w.out_features, p.G, p.vec);
-    } else if (p.rowsplit) {
-      grad_input_rowsplit_kernel<Elem, Index, kSparseRowSplitMaxBatch>
-          <<<p.grid, kThreads, 0, stream>>>(gs, vs, w.row_ptr, cs, w.row_order, as, B,
-                                            w.in_features, w.out_features, p.G, p.vec);
-    } else {
-      dispatch_colsplit(p.offsets_fit_int32, p.vec_b, [&](auto offset, auto vec_b) {
-        using Offset = typename decltype(offset)::type;
-        grad_input_colsplit_kernel<Elem, Index, Offset, decltype(vec_b)::value>
-            <<<p.grid, kThreads, 0, stream>>>(gs, vs, w.row_ptr, cs, w.row_order, as, batch,
-                                              w.out_features, p.G, p.vec);
-      });
-    }
-    return cudaGetLastError();
+    using S = decltype(split);
+    auto kernel = [] {
+      if constexpr (S::kRowSplit) return grad_input_rowsplit_kernel<Elem, Index, S::kMaxBatch>;
+      else return grad_input_colsplit_kernel<Elem, Index, typename S::Offset, S::kVecB>;
+    }();
+    launch(kernel, static_cast<const Elem*>(grad_out), static_cast<const Elem*>(values), w.row_ptr,
+           static_cast<const Index*>(w.col_idx), w.row_order, static_cast<Acc<Elem>*>(acc));
   });
 }
 
@@ -531,34 +553,18 @@ cudaError_t launch_sparse_linear_grad_values(const void* grad_out, const void* x
                                              DType dtype, int64_t batch,
                                              cudaStream_t stream) {
   if (batch <= 0 || w.out_features <= 0 || w.nnz <= 0) return cudaSuccess;
-  return dispatch_types(dtype, w.index, [&](auto elem, auto index) -> cudaError_t {
+  // No values operand (the output is of the nonzeros); one pass over B per nonzero: no batch tiles.
+  return launch_ladder(dtype, w, batch, nullptr, {grad_out, x}, /*batch_tiles=*/false, stream,
+                       [&](auto elem, auto index, auto split, auto&& launch) {
     using Elem = typename decltype(elem)::type;
     using Index = typename decltype(index)::type;
-    const auto* gs = static_cast<const Elem*>(grad_out);
-    const auto* xs = static_cast<const Elem*>(x);
-    const auto* cs = static_cast<const Index*>(w.col_idx);
-    auto* dv = static_cast<Elem*>(grad_values);
-    const Plan p = make_plan<Elem, Index>(w, batch, nullptr, {grad_out, x});
-    const int B = static_cast<int>(batch < INT_MAX ? batch : INT_MAX);
-    if (p.rowsplit && batch == 1) {
-      grad_values_rowsplit_kernel<Elem, Index, 1><<<p.grid, kThreads, 0, stream>>>(
-          gs, xs, w.row_ptr, cs, w.row_order, dv, B, w.in_features, w.out_features, p.G, p.vec);
-    } else if (p.rowsplit) {
-      grad_values_rowsplit_kernel<Elem, Index, kSparseRowSplitMaxBatch>
-          <<<p.grid, kThreads, 0, stream>>>(gs, xs, w.row_ptr, cs, w.row_order, dv, B,
-                                            w.in_features, w.out_features, p.G, p.vec);
-    } else {
-      // One pass over B per nonzero: no batch tiles in grid.y.
-      Plan q = p;
-      q.grid.y = 1;
-      dispatch_colsplit(q.offsets_fit_int32, q.vec_b, [&](auto offset, auto vec_b) {
-        using Offset = typename decltype(offset)::type;
-        grad_values_colsplit_kernel<Elem, Index, Offset, decltype(vec_b)::value>
-            <<<q.grid, kThreads, 0, stream>>>(gs, xs, w.row_ptr, cs, w.row_order, dv, batch,
-                                              w.out_features, q.G, q.vec);
-      });
-    }
-    return cudaGetLastError();
+    using S = decltype(split);
+    auto kernel = [] {
+      if constexpr (S::kRowSplit) return grad_values_rowsplit_kernel<Elem, Index, S::kMaxBatch>;
+      else return grad_values_colsplit_kernel<Elem, Index, typename S::Offset, S::kVecB>;
+    }();
+    launch(kernel, static_cast<const Elem*>(grad_out), static_cast<const Elem*>(x), w.row_ptr,
+           static_cast<const Index*>(w.col_idx), w.row_order, static_cast<Elem*>(grad_values));
   });
 }
 
