@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -340,13 +341,22 @@ void zero_smallest_cpu(at::TensorList tensors, at::TensorList masks,
   check_select_args(values, keep, at::Device(at::kCPU));
   std::vector<at::Tensor> vs, ks, targets, outs;
   check_select_k(k, gather_inputs(values, keep, vs, ks));
-  // The mask pass zeroes targets before the ties are ranked: scores that share memory with any
-  // of the tensors (not only the one they rank) must be read from a copy.
-  if (scores.has_value()) {
-    std::unordered_set<const c10::StorageImpl*> zeroed;
-    for (const auto& t : tensors) zeroed.insert(t.storage().unsafeGetStorageImpl());
-    for (auto& v : vs)
-      if (zeroed.count(v.storage().unsafeGetStorageImpl())) v = v.clone();
+  // The mask pass writes masks and zeroes targets before the ties are ranked, so every input
+  // that pass could change under the ranking is read from a copy: scores that share memory with
+  // any of the tensors, tensors that share memory with another of the tensors, and keep masks
+  // that share memory with a mask or a tensor (direct op calls; the public functions refuse
+  // overlapping tensors).
+  std::unordered_map<const c10::StorageImpl*, int> zeroed;
+  for (const auto& t : tensors) ++zeroed[t.storage().unsafeGetStorageImpl()];
+  for (auto& v : vs) {
+    const auto it = zeroed.find(v.storage().unsafeGetStorageImpl());
+    if (it != zeroed.end() && (scores.has_value() || it->second > 1)) v = v.clone();
+  }
+  std::unordered_set<const c10::StorageImpl*> mask_storages;
+  for (const auto& m : masks) mask_storages.insert(m.storage().unsafeGetStorageImpl());
+  for (auto& kp : ks) {
+    const auto* storage = kp.storage().unsafeGetStorageImpl();
+    if (mask_storages.count(storage) || zeroed.count(storage)) kp = kp.clone();
   }
   for (const auto& t : tensors) targets.push_back(t.is_contiguous() ? t : at::Tensor());
   for (const auto& m : masks) outs.push_back(m.is_contiguous() ? m : at::empty_like(m, at::MemoryFormat::Contiguous));

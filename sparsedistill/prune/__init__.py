@@ -19,6 +19,10 @@ from .shrink import shrink_conv_pair, shrink_dead_units_, shrink_linear_pair, sh
 from .structured import channel_norms, group_norms, structured_mask
 from .torch_compat import *  # noqa: F401,F403  (torch.nn.utils.prune's names)
 from .torch_compat import __all__ as _torch_names
+from .torch_compat import (  # noqa: F401  (torch's private helpers, which its users call)
+    _compute_norm, _compute_nparams_toprune, _validate_pruning_amount, _validate_pruning_amount_init,
+    _validate_pruning_dim, _validate_structured_pruning,
+)
 
 __all__ = [*_torch_names, "magnitude_mask", "magnitude_prune_", "global_magnitude_masks",
            "global_magnitude_prune_", "nm_mask", "to_semi_structured", "channel_norms",

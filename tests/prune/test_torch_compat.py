@@ -1,17 +1,28 @@
 """sparsedistill.prune as a drop-in for torch.nn.utils.prune: the same masks (bool here, float
-there), parameters, buffers, state_dict keys and outputs as torch on tie-free weights;
-checkpoints load both ways; iterative, global and mixed pruning; remove_all, sparsity_report;
-bad input raises naming the argument and leaves the module untouched."""
+there, or torch's dtypes with set_mask_dtype), parameters, buffers, state_dict keys and outputs as
+torch on tie-free weights; checkpoints load both ways; iterative, global and mixed pruning;
+torch's private helpers; patched compute_mask; integer tensors; soft masks; torch's error types;
+remove_all, sparsity_report; bad input raises naming the argument and leaves the module untouched."""
 import copy
 import inspect
 import io
+from unittest import mock
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torch.nn.utils.prune as tp
 from torch import nn
 
 from sparsedistill import prune as sp
+
+
+@pytest.fixture(autouse=True)
+def _bool_masks():
+    """Every test starts (and leaves) with the default mask dtype."""
+    sp.set_mask_dtype(torch.bool)
+    yield
+    sp.set_mask_dtype(torch.bool)
 
 
 def make_model(device):
@@ -326,18 +337,20 @@ BAD = [  # (call, argument named in the message, exception)
     (lambda m: sp.random_structured(m[5], "weight", 1.01, 0), "amount", ValueError),
     (lambda m: sp.global_unstructured([(m[3], "weight"), (m[5], "weight")], sp.L1Unstructured,
                                       amount=128 * 16 + 81), "amount", ValueError),
-    (lambda m: sp.l1_unstructured(m[3], "wieght", 0.3), "name", ValueError),
-    (lambda m: sp.l1_unstructured(m[1], "weight", 0.3), "name", ValueError),
-    (lambda m: sp.identity(m[3], "training"), "name", ValueError),
+    (lambda m: sp.l1_unstructured(m[3], "wieght", 0.3), "name", AttributeError),  # as torch
+    (lambda m: sp.l1_unstructured(m[1], "weight", 0.3), "name", AttributeError),
+    (lambda m: sp.identity(m[3], "training"), "name", TypeError),  # not a parameter: as torch
     (lambda m: sp.global_unstructured([(m[3], "weight"), (m[5], "nope")], sp.L1Unstructured,
-                                      amount=0.2), "name", ValueError),
+                                      amount=0.2), "name", AttributeError),
     (lambda m: sp.ln_structured(m[3], "bias", 0.5, 2, 0), "structured", ValueError),
     (lambda m: sp.ln_structured(m[3], "weight", 0.5, 2, 2), "dim", IndexError),
     (lambda m: sp.random_structured(m[3], "weight", 0.5, -3), "dim", IndexError),
     (lambda m: sp.l1_unstructured(m[3], "weight", 0.5, importance_scores=torch.ones(3)),
      "importance_scores", ValueError),
     (lambda m: sp.custom_from_mask(m[3], "weight", torch.ones(3)), "mask", ValueError),
-    (lambda m: sp.custom_from_mask(m[5], "weight", torch.full((5, 16), 0.5)), "mask", ValueError),
+    (lambda m: sp.custom_from_mask(m[3], "weight", torch.ones(3)), "mask", AssertionError),  # torch's type
+    (lambda m: sp.l1_unstructured(m[5], "weight", 2, importance_scores=torch.ones(5)), "importance_scores",
+     AssertionError),
     (lambda m: sp.remove(m[3], "weight"), "weight", ValueError),
 ]
 
@@ -360,12 +373,8 @@ def test_bad_input_raises_and_changes_nothing(device, i, pre_pruned):
     assert_unchanged(model, snap, hooks)
 
 
-def test_non_float_parameter_and_nan_weights(device):
+def test_nan_weights(device):
     m = nn.Linear(4, 3).to(device)
-    m.register_parameter("steps", nn.Parameter(torch.arange(4, device=device), requires_grad=False))
-    snap, hooks = snapshot(m), [(m, {})]
-    with pytest.raises(TypeError, match="'steps'"):
-        sp.l1_unstructured(m, "steps", 1)
     with torch.no_grad():
         m.weight[1, 2] = float("nan")
     snap, hooks = snapshot(m), [(m, {})]
@@ -380,3 +389,381 @@ def test_non_float_parameter_and_nan_weights(device):
     with pytest.raises(ValueError, match="importance_scores.*NaN|NaN"):
         sp.l1_unstructured(m, "bias", 1, importance_scores=nan_scores)
     assert_unchanged(m, snap, hooks)
+
+
+# ----------------------------------------------------------------------------- torch's private helpers
+TORCH_HELPERS = ["_validate_pruning_amount_init", "_validate_pruning_amount", "_compute_nparams_toprune",
+                 "_validate_pruning_dim", "_validate_structured_pruning", "_compute_norm"]
+
+
+def test_torch_private_helpers_are_exposed_and_agree_with_our_counts():
+    from sparsedistill.prune import torch_compat
+    for h in TORCH_HELPERS:
+        assert getattr(sp, h) is getattr(tp, h) is getattr(torch_compat, h), h
+    assert not set(TORCH_HELPERS) & set(sp.__all__)  # private: not star-exported
+    with pytest.raises(TypeError):
+        sp._validate_pruning_amount_init("half")
+    with pytest.raises(ValueError):
+        sp._validate_pruning_amount_init(1.5)
+    with pytest.raises(ValueError):
+        sp._validate_pruning_amount(21, 20)
+    with pytest.raises(ValueError):
+        sp._validate_structured_pruning(torch.ones(3))
+    with pytest.raises(IndexError):
+        sp._validate_pruning_dim(torch.ones(3, 4), 2)
+    t = torch.randn(3, 4, 5)
+    assert torch.equal(sp._compute_norm(t, 2, -1), torch.norm(t, p=2, dim=[0, 1]))
+    for amount in (0.0, 0.125, 0.25, 0.5, 0.7, 1.0, 0, 3, 20):  # our counts are torch's rounding
+        lin = nn.Linear(5, 4)
+        sp.l1_unstructured(lin, "weight", amount)
+        assert int((~lin.weight_mask).sum()) == sp._compute_nparams_toprune(amount, 20), amount
+
+
+# ----------------------------------------------------------------------------- patching compute_mask
+UNACCELERATED = ["Identity", "RandomUnstructured", "RandomStructured", "CustomFromMask"]
+OWN_COMPUTE = {c: vars(getattr(sp, c))["compute_mask"] for c in ("L1Unstructured", "LnStructured")}
+PATCH_CASES = {
+    "Identity": lambda m: sp.identity(m, "weight"),
+    "RandomUnstructured": lambda m: sp.random_unstructured(m, "weight", 0.5),
+    "RandomStructured": lambda m: sp.random_structured(m, "weight", 0.5, 0),
+    "CustomFromMask": lambda m: sp.custom_from_mask(m, "weight", torch.ones_like(m.weight)),
+    "L1Unstructured": lambda m: sp.l1_unstructured(m, "weight", 0.5),
+    "LnStructured": lambda m: sp.ln_structured(m, "weight", 0.5, 2, 0),
+}
+
+
+def test_unaccelerated_methods_run_torchs_compute_mask():
+    for c in UNACCELERATED:
+        assert "compute_mask" not in vars(getattr(sp, c)), c
+        assert getattr(sp, c).compute_mask is getattr(tp, c).compute_mask, c
+
+
+@pytest.mark.parametrize("pre_pruned", [False, True])
+@pytest.mark.parametrize("cls", list(PATCH_CASES))
+@pytest.mark.parametrize("target", ["torch.nn.utils.prune", "sparsedistill.prune"])
+def test_patched_compute_mask_takes_effect(device, target, cls, pre_pruned):
+    """mock.patch of torch's class or ours replaces the mask, as with torch (the fast L1/Ln
+    path steps aside too); on pre-pruned tensors the patched method gets torch's slicing."""
+    m = nn.Linear(6, 4).to(device)
+    if pre_pruned:
+        sp.l1_unstructured(m, "weight", 0.25)
+    forced = torch.ones_like(m.weight)  # float, as mocks in torch's tests return
+    forced[1, 2] = forced[3, 0] = 0
+    with mock.patch(f"{target}.{cls}.compute_mask") as cm:
+        if pre_pruned:  # the patched method sees what remains: prune all of it
+            cm.side_effect = lambda t, default_mask: torch.zeros_like(default_mask)
+        else:
+            cm.return_value = forced
+        PATCH_CASES[cls](m)
+    assert cm.called and m.weight_mask.dtype == torch.bool
+    assert torch.equal(m.weight_mask, torch.zeros_like(m.weight_mask) if pre_pruned else forced.bool())
+    torch.testing.assert_close(m.weight, m.weight_orig * m.weight_mask, rtol=0, atol=0)
+    # unpatched again: our classes are back as they were
+    assert all(getattr(sp, c).compute_mask is f for c, f in OWN_COMPUTE.items())
+    assert all("compute_mask" not in vars(getattr(sp, c)) for c in UNACCELERATED)
+    lin = nn.Linear(4, 2)
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor([[1., 2., 3., 4.], [-4., -3., -2., -1.]]))
+    sp.l1_unstructured(lin, "weight", 3)  # |2| ties: the lowest index goes first
+    assert lin.weight_mask.tolist() == [[False, False, True, True], [True, True, True, False]]
+
+
+@pytest.mark.parametrize("pre_pruned", [False, True])
+@pytest.mark.parametrize("cls", list(PATCH_CASES))
+@pytest.mark.parametrize("target", ["torch.nn.utils.prune", "sparsedistill.prune"])
+def test_failing_patched_compute_mask_leaves_module_alone(device, target, cls, pre_pruned):
+    model = make_model(device)
+    if pre_pruned:
+        sp.l1_unstructured(model[3], "weight", 0.25)
+    snap = snapshot(model)
+    hooks = [(m, dict(m._forward_pre_hooks)) for m in model.modules()]
+    with mock.patch(f"{target}.{cls}.compute_mask") as cm:
+        cm.side_effect = RuntimeError("HA!")
+        with pytest.raises(RuntimeError, match="HA!"):
+            PATCH_CASES[cls](model[3])
+    assert_unchanged(model, snap, hooks)
+
+
+def test_failure_while_reparametrizing_rolls_back(device):
+    """An error after the module is touched (here a patched apply_mask) puts it back as it was."""
+    model = make_model(device)
+    sp.l1_unstructured(model[3], "weight", 0.25)
+    snap = snapshot(model)
+    hooks = [(m, list(m._forward_pre_hooks.items())) for m in model.modules()]
+    for cls, call in ((sp.L1Unstructured, lambda: sp.l1_unstructured(model[0], "weight", 0.5)),
+                      (sp.PruningContainer, lambda: sp.l1_unstructured(model[3], "weight", 0.5))):
+        with mock.patch.object(cls, "apply_mask", side_effect=RuntimeError("late")), \
+                pytest.raises(RuntimeError, match="late"):
+            call()
+        assert [(m, list(m._forward_pre_hooks.items())) for m in model.modules()] == hooks
+        assert_unchanged(model, snap, [(m, dict(h)) for m, h in hooks])
+    lstm = nn.LSTM(4, 4).to(device)
+    with mock.patch.object(sp.L1Unstructured, "apply_mask", side_effect=RuntimeError("late")), \
+            pytest.raises(RuntimeError):
+        sp.l1_unstructured(lstm, "weight_ih_l0", 0.5)
+    assert all(isinstance(p, nn.Parameter) for p in lstm._flat_weights)
+    lstm(torch.randn(2, 1, 4, device=device))
+
+
+# ----------------------------------------------------------------------------- integer tensors
+def signed_perm(n, device):
+    """Integers with distinct magnitudes (tie-free for L1), random signs."""
+    return (torch.randperm(n) + 1) * (torch.randint(0, 2, (n,)) * 2 - 1)
+
+
+def test_integer_parameters_and_scores_as_torch(device):
+    ours = nn.Linear(4, 3).to(device)
+    ours.register_parameter("steps", nn.Parameter(signed_perm(12, device).view(3, 4).to(device),
+                                                  requires_grad=False))
+    theirs = copy.deepcopy(ours)
+    for amount in (5, 0.5):  # twice: the second on what remains
+        sp.l1_unstructured(ours, "steps", amount)
+        tp.l1_unstructured(theirs, "steps", amount)
+        assert ours.steps_mask.dtype == torch.bool and torch.equal(ours.steps_mask, theirs.steps_mask.bool())
+        assert ours.steps.dtype == torch.int64 and torch.equal(ours.steps, theirs.steps)
+    # integer importance scores for float weights: local, global, structured
+    ours, theirs = twins(device)
+    s3 = signed_perm(128 * 16, device).view(16, 128).to(device)
+    s5 = signed_perm(80, device).view(5, 16).to(device) * 10000
+    for P, m in ((sp, ours), (tp, theirs)):
+        P.l1_unstructured(m[3], "weight", 0.4, importance_scores=s3)
+        P.l1_unstructured(m[3], "weight", 0.3, importance_scores=s3)
+        P.global_unstructured([(m[3], "weight"), (m[5], "weight")], P.L1Unstructured, amount=300,
+                              importance_scores={(m[3], "weight"): s3, (m[5], "weight"): s5})
+    assert_same_pruning(ours, theirs, model_input(device))
+    # ln_structured: torch cannot take the norm of an integer tensor; we rank the float norms
+    lin = nn.Linear(16, 5).to(device)
+    sp.ln_structured(lin, "weight", 2, 2, 0, importance_scores=s5)
+    ref = nn.Linear(16, 5).to(device)
+    tp.ln_structured(ref, "weight", 2, 2, 0, importance_scores=s5.double())
+    assert torch.equal(lin.weight_mask, ref.weight_mask.bool())
+
+
+def test_integer_ranking_is_exact_with_ties_lowest_index_first():
+    p = sp.L1Unstructured(amount=2)
+    big = torch.tensor([2**60 + 3, 2**60 + 1, -(2**60 + 2), 2**60])  # one float64 value for all
+    assert p.compute_mask(big, torch.ones_like(big)).tolist() == [True, False, True, False]
+    t = torch.tensor([2, 0, -2, 0, 2])  # |t| ties: the lowest index goes first
+    mask = sp.L1Unstructured(amount=3).compute_mask(t, default_mask=torch.ones_like(t))
+    assert mask.tolist() == [False, False, True, False, True]
+    assert int((mask == 0).sum()) == sp._compute_nparams_toprune(3, t.numel())
+    lin = nn.Linear(5, 1)
+    lin.register_parameter("ids", nn.Parameter(big.clone(), requires_grad=False))
+    sp.l1_unstructured(lin, "ids", 0.5)
+    assert lin.ids_mask.tolist() == [True, False, True, False]
+    assert lin.ids.tolist() == [2**60 + 3, 0, -(2**60 + 2), 0]
+
+
+def test_random_pruning_of_an_integer_parameter_fails_as_torch_and_changes_nothing():
+    errors = []
+    for P in (tp, sp):
+        m = nn.Linear(3, 2)
+        m.register_parameter("ids", nn.Parameter(torch.arange(6), requires_grad=False))
+        snap = snapshot(m)
+        with pytest.raises(Exception) as e:
+            P.random_unstructured(m, "ids", 2)  # torch.rand_like has no integer kernel
+        errors.append(type(e.value))
+        assert_unchanged(m, snap, [(m, {})])
+    assert errors[0] is errors[1]
+
+
+# ----------------------------------------------------------------------------- soft masks
+def soft_mask(device):
+    soft = torch.rand(5, 16, device=device)
+    soft[0, :3] = 0
+    soft[2] = 1  # exact ones: the entries later pruning ranks (torch's mask == 1)
+    soft[4, ::2] = 1
+    return soft
+
+
+def assert_masks_equal(ours, theirs, x):
+    """Same masks: float where torch's is not 0/1 (same dtype), bool where it is."""
+    om, tm = masks_of(ours), masks_of(theirs)
+    assert om.keys() == tm.keys() and om
+    for k in om:
+        soft = not bool(((tm[k] == 0) | (tm[k] == 1)).all())
+        assert om[k].dtype == (tm[k].dtype if soft else torch.bool), k
+        assert torch.equal(om[k].to(tm[k].dtype), tm[k]), k
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_soft_custom_mask_is_applied_by_multiplication_as_torch(device):
+    ours, theirs = twins(device)
+    soft = soft_mask(device)
+    for P, m in ((sp, ours), (tp, theirs)):
+        P.custom_from_mask(m[5], "weight", soft)
+    x = model_input(device)
+    assert_masks_equal(ours, theirs, x)
+    assert ours[5].weight_mask.dtype == torch.float32
+    torch.testing.assert_close(ours[5].weight, ours[5].weight_orig * soft, rtol=0, atol=0)
+    # pruning again (ours: the fast L1 path; random: torch's) ranks the entries still at 1
+    for seed, case in enumerate((lambda P, m: P.l1_unstructured(m[5], "weight", 0.5),
+                                 lambda P, m: P.random_unstructured(m[5], "weight", 3),
+                                 lambda P, m: P.ln_structured(m[5], "weight", 1, 2, 0),
+                                 lambda P, m: P.global_unstructured(
+                                     [(m[5], "weight"), (m[3], "weight")], P.L1Unstructured, amount=0.3))):
+        apply_both(case, ours, theirs, seed=seed)
+        assert_masks_equal(ours, theirs, x)
+    assert ours[5].weight_mask.dtype == torch.float32 and ours[3].weight_mask.dtype == torch.bool
+    # checkpoints, both ways; remove
+    target = make_model(device)
+    sp.custom_from_mask(target[5], "weight", soft_mask(device))
+    sp.l1_unstructured(target[3], "weight", 0.1)
+    target.load_state_dict(theirs.state_dict())
+    assert_masks_equal(target, theirs, x)
+    for P, m in ((sp, ours), (tp, theirs)):
+        P.remove(m[5], "weight")
+    assert torch.equal(ours[5].weight, theirs[5].weight)
+
+
+def test_soft_mask_direct_compute_mask_as_torch():
+    t, soft = torch.randn(5, 16), soft_mask("cpu")
+    default = (torch.rand(5, 16) > 0.3).float()
+    for ours, theirs in ((sp.CustomFromMask(soft), tp.CustomFromMask(soft)),):
+        assert torch.equal(ours.compute_mask(t, default.clone()), theirs.compute_mask(t, default.clone()))
+
+
+# ----------------------------------------------------------------------------- torch's error types
+ERROR_CASES = {
+    "unknown_name": lambda P, m: P.l1_unstructured(m[0], "wieght", 0.5),
+    "no_such_parameter": lambda P, m: P.l1_unstructured(m[1], "weight", 0.5),
+    "plain_attribute": lambda P, m: P.identity(m[0], "training"),
+    "buffer": lambda P, m: P.l1_unstructured(m[2], "running_mean", 1),
+    "none_parameter": lambda P, m: P.random_unstructured(m[3], "bias", 1),
+    "scores_shape": lambda P, m: P.l1_unstructured(m[0], "weight", 1, importance_scores=torch.ones(3)),
+    "mask_shape": lambda P, m: P.custom_from_mask(m[0], "weight", torch.ones(3)),
+    "amount": lambda P, m: P.l1_unstructured(m[0], "weight", 13),
+    "structured_amount": lambda P, m: P.random_structured(m[0], "weight", 4, 0),
+    "structured_1d": lambda P, m: P.ln_structured(m[0], "bias", 1, 2, 0),
+    "dim": lambda P, m: P.ln_structured(m[0], "weight", 1, 2, 2),
+    "negative_dim": lambda P, m: P.random_structured(m[0], "weight", 1, -3),
+    "remove_unpruned": lambda P, m: P.remove(m[0], "weight"),
+    "global_unknown_name": lambda P, m: P.global_unstructured([(m[0], "weight"), (m[3], "nope")],
+                                                              P.L1Unstructured, amount=1),
+}
+
+
+@pytest.mark.parametrize("case", list(ERROR_CASES))
+def test_errors_have_torchs_types(case):
+    def model():
+        return nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.BatchNorm1d(3), nn.Linear(3, 2, bias=False))
+    with pytest.raises(Exception) as theirs:
+        ERROR_CASES[case](tp, model())
+    m = model()
+    snap = snapshot(m)
+    hooks = [(x, dict(x._forward_pre_hooks)) for x in m.modules()]
+    with pytest.raises(type(theirs.value)):
+        ERROR_CASES[case](sp, m)
+    assert_unchanged(m, snap, hooks)
+
+
+# ----------------------------------------------------------------------------- direct compute_mask
+def test_compute_mask_called_directly_as_torch():
+    """Called directly, compute_mask has torch's semantics (amount of the whole tensor, then
+    combined with default_mask); a PruningContainer applies it to what remains."""
+    t = torch.randn(6, 5)
+    default = (torch.rand(6, 5) > 0.3).long()
+    default[2] = 0  # a dead row
+    pairs = [(sp.L1Unstructured(amount=7), tp.L1Unstructured(amount=7)),
+             (sp.L1Unstructured(amount=0.4), tp.L1Unstructured(amount=0.4)),
+             (sp.LnStructured(0.5, 2, 0), tp.LnStructured(0.5, 2, 0)),
+             (sp.LnStructured(2, 1, -1), tp.LnStructured(2, 1, -1)),
+             (sp.LnStructured(0, 1, 0), tp.LnStructured(0, 1, 0))]
+    for ours, theirs in pairs:
+        expected = theirs.compute_mask(t, default.clone())
+        got = ours.compute_mask(t, default.clone())
+        assert got.dtype == torch.bool and torch.equal(got, expected.bool())
+        with sp.mask_dtype(None):
+            got = ours.compute_mask(t, default.clone())
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+        torch.testing.assert_close(ours.prune(t, default.clone()), theirs.prune(t, default.clone()))
+    for last in range(1, len(pairs) + 1):
+        containers = []
+        for side in (0, 1):
+            c = (sp, tp)[side].PruningContainer()
+            c._tensor_name = "x"
+            for pair in pairs[:last]:
+                pair[side]._tensor_name = "x"
+                c.add_pruning_method(pair[side])
+            containers.append(c)
+        expected = containers[1].compute_mask(t, default.clone())
+        assert torch.equal(containers[0].compute_mask(t, default.clone()), expected.bool())
+        with sp.mask_dtype(None):
+            got = containers[0].compute_mask(t, default.clone())
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+# ----------------------------------------------------------------------------- float masks
+def test_mask_dtype_setting_api():
+    assert sp.get_mask_dtype() == torch.bool
+    assert sp.set_mask_dtype(torch.float16) == torch.bool and sp.get_mask_dtype() == torch.float16
+    assert sp.set_mask_dtype(None) == torch.float16 and sp.get_mask_dtype() is None
+    assert sp.set_mask_dtype(torch.bool) is None
+    for bad in (torch.int64, torch.complex64, "float32", float, 1):
+        with pytest.raises(TypeError, match="mask dtype"):
+            sp.set_mask_dtype(bad)
+        assert sp.get_mask_dtype() == torch.bool
+    with sp.mask_dtype(torch.float32):
+        assert sp.get_mask_dtype() == torch.float32
+        with sp.mask_dtype(None):
+            assert sp.get_mask_dtype() is None
+        assert sp.get_mask_dtype() == torch.float32
+    with pytest.raises(ZeroDivisionError), sp.mask_dtype(None):
+        _ = 1 / 0
+    assert sp.get_mask_dtype() == torch.bool
+
+    @sp.mask_dtype(torch.float64)
+    def prune_in_float64(m):
+        return sp.l1_unstructured(m, "weight", 0.5).weight_mask.dtype
+    assert prune_in_float64(nn.Linear(4, 4)) == torch.float64 and sp.get_mask_dtype() == torch.bool
+    assert "set_mask_dtype" in sp.torch_compat.__doc__ and "mask_dtype(" in sp.torch_compat.__doc__
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_torch_mask_dtypes_match_torch_exactly(device, case):
+    """With set_mask_dtype(None) every mask is what torch makes, dtype included, also after
+    pruning again, globally, and through a checkpoint."""
+    ours, theirs = twins(device)
+    target = copy.deepcopy(ours).double()
+    ours.double()
+    theirs.double()
+    x = model_input(device).double()
+    steps = [CASES[case], CASES["l1_frac"],
+             lambda P, m: P.global_unstructured([(m[0], "weight"), (m[3], "weight")], P.L1Unstructured,
+                                                amount=0.2)]
+    with sp.mask_dtype(None):
+        for step in steps:
+            apply_both(step, ours, theirs)
+    om, tm = masks_of(ours), masks_of(theirs)
+    assert om.keys() == tm.keys()
+    for k in om:
+        assert om[k].dtype == tm[k].dtype == torch.float64 and torch.equal(om[k], tm[k]), k
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+    for step in steps:  # the same pruning with bool masks: a float checkpoint loads into them
+        step(sp, target)
+    target.load_state_dict(ours.state_dict())
+    assert all(m.dtype == torch.bool for m in masks_of(target).values())
+    torch.testing.assert_close(target(x), theirs(x), rtol=0, atol=0)
+
+
+def test_float_masks_for_arithmetic(device):
+    lin = nn.Linear(8, 4).to(device)
+    sp.l1_unstructured(lin, "weight", 0.5)
+    with pytest.raises(RuntimeError):  # why the switch exists: bool masks refuse arithmetic
+        1 - lin.weight_mask
+    with sp.mask_dtype(torch.float32):
+        model = nn.Linear(8, 4).to(device).double()  # masks in the chosen dtype, not the parameter's
+        sp.l1_unstructured(model, "weight", 0.5)
+        sp.random_unstructured(model, "bias", 1)
+        sp.l1_unstructured(lin, "weight", 0.5)  # re-pruning a bool-masked tensor: the new mask is float
+    for mask in (model.weight_mask, model.bias_mask, lin.weight_mask):
+        assert mask.dtype == torch.float32
+    assert bool(((1 - model.weight_mask) == (model.weight_mask == 0)).all())
+    assert float(model.weight_mask.mean()) == 0.5 and float(lin.weight_mask.mean()) == 0.25
+    x = torch.randn(3, 8, device=device)
+    torch.testing.assert_close(F.linear(x, model.weight_mask), x @ model.weight_mask.T)
+    torch.testing.assert_close(model.weight, model.weight_orig * model.weight_mask.double(), rtol=0, atol=0)
+    sp.l1_unstructured(model, "weight", 0.5)  # the default again: this mask is bool
+    assert model.weight_mask.dtype == torch.bool and int(model.weight_mask.sum()) == 8
+    assert lin.weight_mask.dtype == torch.float32  # masks made earlier keep their dtype
