@@ -6,7 +6,6 @@ import sys
 
 import torch
 
-import sparsedistill
 from sparsedistill import SparseLinear, SparseWeight, sparse_linear
 
 
