@@ -120,7 +120,10 @@ struct OnlineSoftmax {
     }
     max = new_max;
   }
-  float lse() const { return max * scale + std::log(sum); }
+  // log-softmax_j = (x_j - max) * scale - log_sum(): relative to the row max, so that a large
+  // common offset of the logits does not cost precision (max * scale + log(sum), the lse
+  // itself, would be ~offset/T and cancel against the other row's lse).
+  float log_sum() const { return std::log(sum); }
   float mean_weight() const { return weighted / sum; }  // sum_j softmax_j * w_j
 };
 
@@ -156,8 +159,9 @@ class DistillRow {
       if (g) std::fill(g, g + V, static_cast<scalar_t>(std::numeric_limits<float>::quiet_NaN()));
       return;
     }
-    // log p_j - log q_j = (t_j - s_j)/T + c
-    c_ = st_.lse() - tt_.lse();
+    // log p_j - log q_j = (t_j - s_j)/T + c, c = lse(s/T) - lse(t/T) formed from the maxima
+    // and the sums (see OnlineSoftmax::log_sum).
+    c_ = (st_.max - tt_.max) * inv_t_ + (st_.log_sum() - tt_.log_sum());
     float d;
     if (p_.divergence == kForwardKL) {
       d = tt_.mean_weight() * inv_t_ + c_;
@@ -169,7 +173,7 @@ class DistillRow {
     d_ = d;
     if (g) grad_pass(s, t, label, g);
     *soft = p_.temperature * p_.temperature * d;
-    *hard = p_.has_labels ? s1_.lse() - static_cast<float>(s[label]) : 0.f;
+    *hard = p_.has_labels ? (s1_.max - static_cast<float>(s[label])) + s1_.log_sum() : 0.f;
     *loss = soft_weight_ * *soft + hard_weight_ * *hard;
   }
 
@@ -268,8 +272,8 @@ class DistillRow {
       for (int64_t i = 0; i < np; i += Vec::size()) {
         const Vec q = Vec::loadu(cached_exp(0) + off + i) * fq;
         const Vec p = Vec::loadu(cached_exp(1) + off + i) * fp;
-        const Vec log_q = Vec::loadu(sb_ + i) * Vec(inv_t_) - Vec(st_.lse());
-        const Vec log_p = Vec::loadu(tb_ + i) * Vec(inv_t_) - Vec(tt_.lse());
+        const Vec log_q = (Vec::loadu(sb_ + i) - Vec(st_.max)) * Vec(inv_t_) - Vec(st_.log_sum());
+        const Vec log_p = (Vec::loadu(tb_ + i) - Vec(tt_.max)) * Vec(inv_t_) - Vec(tt_.log_sum());
         const Vec log_m = (beta * p + one_minus_beta * q).log();
         acc_p += zero_where_zero(p, p * (log_p - log_m));
         acc_q += zero_where_zero(q, q * (log_q - log_m));
@@ -305,7 +309,7 @@ class DistillRow {
           const Vec log_q_minus_log_p = (Vec::loadu(sb_ + i) - Vec::loadu(tb_ + i)) * inv_t - c;
           gz = zero_where_zero(q, q * (log_q_minus_log_p - d));
         } else {
-          const Vec log_q = Vec::loadu(sb_ + i) * inv_t - Vec(st_.lse());
+          const Vec log_q = (Vec::loadu(sb_ + i) - Vec(st_.max)) * inv_t - Vec(st_.log_sum());
           const Vec log_m = (beta * p + one_minus_beta * q).log();
           gz = zero_where_zero(q, one_minus_beta * q * (log_q - log_m - k_term));
         }

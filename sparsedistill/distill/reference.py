@@ -17,6 +17,13 @@ def _zero_where(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, torch.zeros((), dtype=x.dtype, device=x.device), x)
 
 
+def _shift_by_max(x: torch.Tensor) -> torch.Tensor:
+    """x minus its row max where that max is finite (NaN and infinite rows stay as they are,
+    for the softmax to report them as NaN)."""
+    m = x.amax(-1, keepdim=True) if x.shape[-1] else x.new_zeros(x.shape[:-1] + (1,))
+    return x - torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+
+
 def distill_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -39,8 +46,10 @@ def distill_loss(
     """
     check_distill_loss_args(student, teacher, labels, grad_scale, T, alpha, beta, divergence)
     rows, vocab = student.shape
-    s = student.to(acc_dtype)
-    t = teacher.to(acc_dtype)
+    # Relative to the row maxima (softmax is shift-invariant): a large common offset of the
+    # logits would otherwise be rounded into s / T and into lse(s) - s_y.
+    s = _shift_by_max(student.to(acc_dtype))
+    t = _shift_by_max(teacher.to(acc_dtype))
     log_q = torch.log_softmax(s / T, dim=-1)
     log_p = torch.log_softmax(t / T, dim=-1)
     q, p = log_q.exp(), log_p.exp()
