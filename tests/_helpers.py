@@ -23,6 +23,18 @@ def close(got, want, dtype, terms: int = 1) -> None:
                                atol=tol["atol"] * max(terms, 1) ** 0.5)
 
 
+def native_serves(op: str, device: str) -> bool:
+    from sparsedistill._library import serves
+    return not serves(op, device).startswith("reference")
+
+
+def skip_unless_serving(op: str, device: str) -> None:
+    """Skip a native-vs-reference comparison where the reference serves `op` (it would
+    compare the reference with itself)."""
+    if not native_serves(op, device):
+        pytest.skip(f"no native kernel serves {op} on {device}: nothing to compare")
+
+
 def skip_unless_native(device: str) -> dict:
     """Skip when no native kernel can serve `device` in this run (loading disabled, built
     without the extension or without CUDA); else assert it loaded and return backend_info()."""

@@ -11,7 +11,7 @@ import sparsedistill
 from sparsedistill.distill import reference as _reference
 from sparsedistill._library import serves
 
-from _helpers import TOL, skip_unless_native
+from _helpers import TOL, skip_unless_native, skip_unless_serving
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 OP_RAW = torch.ops.sparsedistill.distill_loss
@@ -137,6 +137,7 @@ def test_mean_differs_from_batchmean_for_3d(device):
 @pytest.mark.parametrize("divergence", [0, 1, 2])
 @pytest.mark.parametrize("with_labels", [True, False])
 def test_native_kernel_matches_reference(device, dtype, divergence, with_labels):
+    skip_unless_serving("distill_loss", device)
     s, t, y = make((37, 3001), dtype, device)
     y[3] = -100
     y = y if with_labels else None

@@ -8,6 +8,8 @@ import sparsedistill
 from sparsedistill.prune import reference as _prune_reference
 from sparsedistill.prune.checks import resolve_amount
 
+from _helpers import skip_unless_serving
+
 OP = torch.ops.sparsedistill.select_smallest
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
@@ -34,6 +36,7 @@ def test_exact_count_and_order(device, dtype, shape, amount):
 @pytest.mark.parametrize("magnitude", [True, False])
 @pytest.mark.parametrize("with_keep", [True, False])
 def test_native_matches_reference_with_heavy_ties(device, magnitude, with_keep):
+    skip_unless_serving("select_smallest", device)
     vals = [torch.randint(-3, 4, s, device=device).float() for s in [(300, 7), (1,), (0, 4), (70001,)]]
     vals[0][0, 0] = -0.0  # -0 and +0 are the same key
     keep = [torch.rand(v.shape, device=device) > 0.3 for v in vals] if with_keep else None
