@@ -32,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 OURS = ("sparsedistill", "reference")
 STOCK_NOTE = {"distill": "torch_eager (F.kl_div + F.cross_entropy)",
+              "fused_linear": "torch_eager (F.linear both models + F.kl_div + F.cross_entropy)",
               "prune": "torch.nn.utils.prune (l1_unstructured / global_unstructured + remove)",
               "sparse_linear": "dense F.linear with the pruned weight"}
 

@@ -14,7 +14,9 @@ from . import distill, prune, sparse, train  # noqa: E402,F401  (each area defin
 
 load_native()  # after the ops are defined: the native library registers kernels for them
 
-from .distill import DistillationLoss, distillation_loss  # noqa: E402
+from .distill import (  # noqa: E402
+    DistillationLoss, FusedLinearDistillationLoss, distillation_loss, fused_linear_distillation_loss,
+)
 from .prune import (  # noqa: E402
     CubicSparsitySchedule, channel_norms, cubic_sparsity_schedule, global_magnitude_masks,
     global_magnitude_prune_, group_norms, magnitude_mask, magnitude_prune_, nm_mask,
@@ -26,7 +28,8 @@ from .train import MaskedPruner, cpu_latency_ms, evaluate, fit_distill, model_st
 
 __version__ = "0.1.0"
 __all__ = [
-    "distillation_loss", "DistillationLoss",
+    "distillation_loss", "DistillationLoss", "fused_linear_distillation_loss",
+    "FusedLinearDistillationLoss",
     "magnitude_mask", "magnitude_prune_", "global_magnitude_masks", "global_magnitude_prune_",
     "nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
     "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_", "shrink_dead_units_",

@@ -22,6 +22,7 @@
 
 #include "common/cpu_memory.h"
 #include "distill/checks.h"
+#include "distill/rows_cpu.h"
 
 // The build asked for a vector ISA: fail to compile rather than silently build scalar code.
 #if defined(SPARSEDISTILL_EXPECT_AVX512) && !defined(CPU_CAPABILITY_AVX512)
@@ -341,15 +342,10 @@ void advise_huge_pages(const at::Tensor& buffer) {
   if (buffer.nbytes() >= 2 * kHugePage) sparsedistill::advise_huge_pages(buffer.const_data_ptr(), buffer.nbytes());
 }
 
+// The row loop on raw pointers: rows x vocab contiguous logits, g == nullptr without gradient.
 template <typename scalar_t>
-void distill_rows(const at::Tensor& student, const at::Tensor& teacher, const int64_t* labels,
-                  float grad_scale, const DistillParams& p, DistillOutputs& out) {
-  const scalar_t* s = student.const_data_ptr<scalar_t>();
-  const scalar_t* t = teacher.const_data_ptr<scalar_t>();
-  scalar_t* g = p.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr;
-  float* loss = out.loss.mutable_data_ptr<float>();
-  float* soft = out.soft.mutable_data_ptr<float>();
-  float* hard = out.hard.mutable_data_ptr<float>();
+void distill_rows_ptr(const scalar_t* s, const scalar_t* t, const int64_t* labels, float grad_scale,
+                      const DistillParams& p, scalar_t* g, float* loss, float* soft, float* hard) {
   const int64_t V = p.vocab;
   // Enough rows per task that a task is worth scheduling even for small V.
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(V, 1));
@@ -360,6 +356,16 @@ void distill_rows(const at::Tensor& student, const at::Tensor& teacher, const in
               soft + r, hard + r);
     }
   });
+}
+
+template <typename scalar_t>
+void distill_rows(const at::Tensor& student, const at::Tensor& teacher, const int64_t* labels,
+                  float grad_scale, const DistillParams& p, DistillOutputs& out) {
+  distill_rows_ptr<scalar_t>(student.const_data_ptr<scalar_t>(), teacher.const_data_ptr<scalar_t>(),
+                             labels, grad_scale, p,
+                             p.compute_grad ? out.grad.mutable_data_ptr<scalar_t>() : nullptr,
+                             out.loss.mutable_data_ptr<float>(), out.soft.mutable_data_ptr<float>(),
+                             out.hard.mutable_data_ptr<float>());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> distill_loss_cpu(
@@ -417,6 +423,12 @@ void scale_rows_cpu(at::Tensor& grad, const at::Tensor& row_scale) {
 }
 
 }  // namespace
+
+void distill_rows_float32_cpu(const float* student, const float* teacher, const int64_t* labels,
+                              float grad_scale, const DistillParams& p, float* grad, float* loss,
+                              float* soft, float* hard) {
+  distill_rows_ptr<float>(student, teacher, labels, grad_scale, p, grad, loss, soft, hard);
+}
 
 TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) {
   m.impl("distill_loss", &distill_loss_cpu);

@@ -136,3 +136,61 @@ def check_scale_rows_args(grad, row_scale) -> None:
     op_check(row_scale.dim() == 1 and row_scale.shape[0] == grad.shape[0]
              and row_scale.dtype == torch.float32 and row_scale.device == grad.device, ValueError,
              "row_scale must be float32 of shape (", grad.shape[0], ") on the device of grad")
+
+
+def check_fused_linear_distill_args(student_hidden, student_weight, student_bias, teacher_hidden,
+                                    teacher_weight, teacher_bias, labels, row_weight, T, alpha,
+                                    beta, divergence, logit_scale, softcap, pad_vocab,
+                                    chunk_rows) -> None:
+    """The op-level contract of sparsedistill::fused_linear_distill
+    (csrc/distill/checks.h: check_fused_linear_args, the same messages)."""
+    hs, ws, bs, ht, wt, bt = (student_hidden, student_weight, student_bias, teacher_hidden,
+                              teacher_weight, teacher_bias)
+    op_check(hs.dim() == 2, ValueError, "student_hidden must be 2-D (N, H), got shape ", shape_str(hs))
+    op_check(ht.dim() == 2 and ht.shape[0] == hs.shape[0], ValueError,
+             "teacher_hidden must be 2-D with the rows of student_hidden (", hs.shape[0],
+             ", H), got shape ", shape_str(ht))
+    for name, h, w, b, hname in (("student", hs, ws, bs, "student_hidden"),
+                                 ("teacher", ht, wt, bt, "teacher_hidden")):
+        op_check(h.dtype in FLOAT_DTYPES, TypeError,
+                 f"{hname} must be floating point ({FLOAT_DTYPE_NAMES}), got ", h.dtype)
+        op_check(w.dim() == 2 and w.shape[1] == h.shape[1], ValueError,
+                 f"{name}_weight must have shape (V, {h.shape[1]}) to match the hidden size of "
+                 f"{hname}, got ", shape_str(w))
+        op_check(w.shape[0] > 0, ValueError, f"{name}_weight must have at least one class (V > 0)")
+        op_check(w.dtype == h.dtype, TypeError, f"{name}_weight must have the dtype of {hname} (",
+                 h.dtype, "), got ", w.dtype)
+        op_check(w.device == hs.device, ValueError, f"{name}_weight must be on the device of "
+                 "student_hidden (", hs.device, "), got ", w.device)
+        op_check(h.device == hs.device, ValueError, f"{hname} must be on the device of "
+                 "student_hidden (", hs.device, "), got ", h.device)
+        if b is not None:
+            op_check(b.dim() == 1 and b.shape[0] == w.shape[0], ValueError,
+                     f"{name}_bias must have shape ({w.shape[0]}), got ", shape_str(b))
+            op_check(b.dtype == h.dtype, TypeError, f"{name}_bias must have the dtype of {hname} (",
+                     h.dtype, "), got ", b.dtype)
+            op_check(b.device == hs.device, ValueError, f"{name}_bias must be on the device of "
+                     "student_hidden (", hs.device, "), got ", b.device)
+    op_check(pad_vocab or wt.shape[0] == ws.shape[0], ValueError,
+             "student_weight has ", ws.shape[0], " classes but teacher_weight has ", wt.shape[0],
+             " (vocabulary sizes differ; pad_vocab pads the smaller one with -inf logits)")
+    if labels is not None:
+        op_check(labels.dtype == torch.int64, TypeError, "labels must be int64, got ", labels.dtype)
+        op_check(labels.dim() == 1 and labels.shape[0] == hs.shape[0], ValueError,
+                 "labels must have shape (", hs.shape[0], "), got ", shape_str(labels))
+        op_check(labels.device == hs.device, ValueError, "labels must be on the device of "
+                 "student_hidden (", hs.device, "), got ", labels.device)
+    op_check(row_weight.dtype == torch.float32 and row_weight.device == hs.device
+             and (row_weight.dim() == 0 or (row_weight.dim() == 1 and row_weight.shape[0] == hs.shape[0])),
+             ValueError, "row_weight must be a float32 tensor of shape () or (", hs.shape[0],
+             ") on the device of student_hidden")
+    op_check(T > 0 and math.isfinite(T), ValueError, "T must be finite and > 0, got ", cpp_float(T))
+    op_check(0 <= alpha <= 1, ValueError, "alpha must lie in [0, 1], got ", cpp_float(alpha))
+    op_check(0 <= beta <= 1, ValueError, "beta must lie in [0, 1], got ", cpp_float(beta))
+    op_check(divergence in (FORWARD_KL, REVERSE_KL, JSD), ValueError,
+             "divergence must be 0 (kl), 1 (reverse_kl) or 2 (jsd), got ", divergence)
+    op_check(logit_scale > 0 and math.isfinite(logit_scale), ValueError,
+             "logit_scale must be finite and > 0, got ", cpp_float(logit_scale))
+    op_check(softcap >= 0 and math.isfinite(softcap), ValueError,
+             "softcap must be finite and >= 0 (0: none), got ", cpp_float(softcap))
+    op_check(chunk_rows >= 1, ValueError, "chunk_rows must be >= 1, got ", chunk_rows)

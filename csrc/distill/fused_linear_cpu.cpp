@@ -1,0 +1,129 @@
+// C++ CPU kernel of sparsedistill::fused_linear_distill (schema and design in
+// sparsedistill/distill/fused_linear_ops.py): the distillation loss of two linear heads from
+// their hidden states, never holding more than one chunk of rows of logits.
+//
+// Per chunk of `chunk_rows` rows, into buffers allocated once (chunk x V float32 each, for the
+// student and the teacher logits and the gradient):
+//   1. logits = softcap(logit_scale * (h @ W.T + b)) for both models, in float32, with ATen's
+//      GEMM (MKL / oneDNN). bfloat16 / float16 weights are widened to float32 once, so the
+//      chunk's logits are float32 products of the rounded inputs, never rounded to 16 bits
+//      themselves (CPU ATen has no mm(..., out_dtype)). With pad_vocab the classes one model
+//      lacks keep -inf logits (probability 0).
+//   2. the fused row kernel of distill_loss (cpu.cpp, distill_rows_float32_cpu) on the chunk,
+//      with the gradient G written in the same pass, already weighted by row_weight;
+//   3. G through softcap and logit_scale, then grad_hidden[chunk] = G @ W_s,
+//      grad_W_s += G.T @ h_s[chunk] and grad_b_s += G.sum(0), into float32 accumulators that
+//      are cast to the inputs' dtypes at the end.
+// Labels are range-checked once, against the student's classes, before the loop.
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "distill/checks.h"
+#include "distill/fused_linear.h"
+#include "distill/rows_cpu.h"
+
+namespace sparsedistill {
+namespace {
+
+// One model's logits of rows [start, start + c) into z (c x V, only the first W.size(0)
+// columns are written; the rest hold -inf from the allocation).
+void chunk_logits(at::Tensor& z, const at::Tensor& h32, const at::Tensor& w32,
+                  const c10::optional<at::Tensor>& b32, double scale, double cap) {
+  at::Tensor out = z.narrow(1, 0, w32.size(0));
+  if (b32.has_value()) {
+    at::addmm_out(out, *b32, h32, w32.t());
+  } else {
+    at::mm_out(out, h32, w32.t());
+  }
+  transform_logits_(out, scale, cap);
+}
+
+FusedLinearOutputs fused_linear_distill_cpu(
+    const at::Tensor& student_hidden, const at::Tensor& student_weight,
+    const std::optional<at::Tensor>& student_bias, const at::Tensor& teacher_hidden,
+    const at::Tensor& teacher_weight, const std::optional<at::Tensor>& teacher_bias,
+    const std::optional<at::Tensor>& labels, const at::Tensor& row_weight, double T, double alpha,
+    double beta, int64_t divergence, int64_t ignore_index, double logit_scale, double softcap,
+    bool pad_vocab, int64_t chunk_rows, bool compute_grad) {
+  check_fused_linear_args(student_hidden, student_weight, student_bias, teacher_hidden,
+                          teacher_weight, teacher_bias, labels, row_weight, T, alpha, beta,
+                          divergence, logit_scale, softcap, pad_vocab, chunk_rows);
+  const int64_t rows = student_hidden.size(0), vocab_s = student_weight.size(0);
+  const int64_t vocab = std::max(vocab_s, teacher_weight.size(0));
+  at::Tensor y;
+  if (labels.has_value()) {
+    y = labels->contiguous();
+    const int64_t* yp = y.const_data_ptr<int64_t>();
+    for (int64_t r = 0; r < rows; ++r) check_label_value(yp[r], r, vocab_s, ignore_index);
+  }
+  const auto f32 = student_hidden.options().dtype(at::kFloat);
+  // float32 copies of the weights (no copy for float32 weights).
+  const at::Tensor ws = student_weight.to(at::kFloat).contiguous();
+  const at::Tensor wt = teacher_weight.to(at::kFloat).contiguous();
+  const c10::optional<at::Tensor> bs =
+      student_bias.has_value() ? c10::optional<at::Tensor>(student_bias->to(at::kFloat)) : c10::nullopt;
+  const c10::optional<at::Tensor> bt =
+      teacher_bias.has_value() ? c10::optional<at::Tensor>(teacher_bias->to(at::kFloat)) : c10::nullopt;
+  const bool per_row = row_weight.dim() == 1;
+  const at::Tensor rw = row_weight.contiguous();
+  const float grad_scale = per_row ? 1.f : rw.item<float>();
+
+  at::Tensor loss_rows = at::empty({rows}, f32), soft_rows = at::empty({rows}, f32),
+             hard_rows = at::empty({rows}, f32);
+  at::Tensor grad_h, grad_w, grad_b;
+  if (compute_grad) {
+    grad_h = at::empty({rows, student_hidden.size(1)}, f32);
+    grad_w = at::zeros({vocab_s, student_hidden.size(1)}, f32);
+    grad_b = at::zeros({vocab_s}, f32);
+  }
+  const int64_t chunk = std::min(chunk_rows, rows);
+  if (chunk > 0) {
+    const float minus_inf = -std::numeric_limits<float>::infinity();
+    at::Tensor s = at::full({chunk, vocab}, minus_inf, f32);
+    at::Tensor t = at::full({chunk, vocab}, minus_inf, f32);
+    at::Tensor g = compute_grad ? at::empty({chunk, vocab}, f32) : at::Tensor();
+    for (int64_t start = 0; start < rows; start += chunk) {
+      const int64_t c = std::min(chunk, rows - start);
+      at::Tensor sc = s.narrow(0, 0, c), tc = t.narrow(0, 0, c);
+      const at::Tensor h = student_hidden.narrow(0, start, c).to(at::kFloat);
+      chunk_logits(sc, h, ws, bs, logit_scale, softcap);
+      chunk_logits(tc, teacher_hidden.narrow(0, start, c).to(at::kFloat), wt, bt, logit_scale,
+                   softcap);
+      const DistillParams p = fused_linear_chunk_params(c, vocab, T, alpha, beta, divergence,
+                                                        ignore_index, y.defined(), compute_grad);
+      distill_rows_float32_cpu(sc.const_data_ptr<float>(), tc.const_data_ptr<float>(),
+                               y.defined() ? y.const_data_ptr<int64_t>() + start : nullptr,
+                               grad_scale, p, compute_grad ? g.mutable_data_ptr<float>() : nullptr,
+                               loss_rows.mutable_data_ptr<float>() + start,
+                               soft_rows.mutable_data_ptr<float>() + start,
+                               hard_rows.mutable_data_ptr<float>() + start);
+      if (!compute_grad) continue;
+      at::Tensor gc = g.narrow(0, 0, c).narrow(1, 0, vocab_s);
+      if (per_row) gc.mul_(rw.narrow(0, start, c).unsqueeze(1));
+      chain_rule_(gc, sc.narrow(1, 0, vocab_s), logit_scale, softcap);
+      at::Tensor gh = grad_h.narrow(0, start, c);
+      at::mm_out(gh, gc, ws);
+      grad_w.addmm_(gc.t(), h);
+      if (bs.has_value()) grad_b.add_(gc.sum(0));
+    }
+  }
+  at::Tensor loss = (loss_rows * rw).sum();
+  if (!compute_grad) {
+    auto none = [&] { return at::empty({0}, student_hidden.options()); };
+    return {loss, loss_rows, soft_rows, hard_rows, none(), none(), none()};
+  }
+  return {loss, loss_rows, soft_rows, hard_rows, grad_h.to(student_hidden.scalar_type()),
+          grad_w.to(student_weight.scalar_type()),
+          student_bias.has_value() ? grad_b.to(student_bias->scalar_type())
+                                   : at::empty({0}, student_hidden.options())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) {
+  m.impl("fused_linear_distill", &fused_linear_distill_cpu);
+}
+
+}  // namespace sparsedistill
