@@ -104,10 +104,10 @@ def check(n, h, v, dtype_name, device) -> dict:
             "rel_err": err, "status": "ok" if err <= tol else f"WARNING {err:.2e} > {tol:g}"}
 
 
-def logits_note(provider, n, v, dtype_name) -> str:
+def logits_note(provider, n, h, v, dtype_name) -> str:
     from sparsedistill.distill.fused_linear import default_chunk_rows
     if provider == "sparsedistill":
-        rows = default_chunk_rows(n, v)
+        rows = default_chunk_rows(n, v, weight_bytes=4 * 2 * v * h)
         return f"logits alive: {3 * rows * v * 4 / C.MiB:.0f} MiB ({rows}-row chunks, 2 models + grad, f32)"
     if provider == "liger":
         return ""
@@ -143,6 +143,6 @@ def suite_jobs(ctx):
                                         stock="torch_eager", flops=8 * n * h * v,  # 4 GEMMs
                                         nbytes=2 * (n + v) * h * DTYPES[dt].itemsize,  # inputs read
                                         check=checks.get((n, h, v, dt), "") if p == "sparsedistill" else "",
-                                        note=logits_note(p, n, v, dt))]
+                                        note=logits_note(p, n, h, v, dt))]
                 jobs.append((f"fused_linear {p} {n}x{h}x{v} {dt}", job))
     return skipped, jobs

@@ -78,4 +78,36 @@ inline void check_nm_mask_args(const at::Tensor& values, int64_t n, int64_t m) {
                ") must be divisible by m = ", m);
 }
 
+// select_smallest_grouped(values, keep, group_rows, group_cols, k, magnitude): metadata only.
+inline void check_grouped_args(const at::Tensor& values, const std::optional<at::Tensor>& keep,
+                               int64_t group_rows, int64_t group_cols, const at::Tensor& k) {
+  SD_CHECK_TYPE(is_float_dtype(values.scalar_type()),
+                "values must be floating point (float32, bfloat16, float16, float64), got ",
+                dtype_str(values));
+  SD_CHECK_ARG(values.dim() == 2, "values must be 2-D (rows, columns), got shape ", shape_str(values));
+  SD_CHECK_ARG(group_rows >= 1 && group_cols >= 1, "group_rows and group_cols must be >= 1, got ",
+               group_rows, " and ", group_cols);
+  SD_CHECK_ARG(values.size(0) % group_rows == 0 && values.size(1) % group_cols == 0, "groups of ",
+               group_rows, " x ", group_cols, " must tile values ", shape_str(values),
+               " exactly (rows divisible by group_rows, columns by group_cols)");
+  if (keep.has_value())
+    SD_CHECK_ARG(keep->scalar_type() == at::kBool && keep->sizes() == values.sizes() &&
+                     keep->device() == values.device(),
+                 "keep must be a bool tensor of the shape of values ", shape_str(values), " on its device");
+  const int64_t gr = values.size(0) / group_rows, gc = values.size(1) / group_cols;
+  SD_CHECK_ARG(k.scalar_type() == at::kLong && k.dim() == 2 && k.size(0) == gr && k.size(1) == gc &&
+                   k.device() == values.device(),
+               "k must be an int64 tensor of shape (", gr, ", ", gc,
+               ") (one count per group) on the device of values");
+}
+
+inline void check_grouped_k(int64_t k_bad, int64_t group, int64_t eligible, int64_t k) {
+  SD_CHECK_ARG(k_bad < 0, "k[", group, "] (flat group index) must lie in [0, ", eligible,
+               "] (the eligible elements of the group), got ", k);
+}
+
+inline void check_grouped_no_nan(bool has_nan) {
+  SD_CHECK_ARG(!has_nan, "values holds NaN: magnitudes (or scores) must be comparable");
+}
+
 }  // namespace sparsedistill

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "prune/checks.h"
+#include "prune/order_keys.h"
 
 namespace sparsedistill {
 namespace {
@@ -28,19 +29,6 @@ constexpr int kBins = 1 << 16;
 constexpr int64_t kBlock = 1024;     // keys computed at a time (4 KiB, stays in L1)
 constexpr int64_t kPrefetchBlocks = 4;  // how far ahead the passes prefetch, in blocks
 
-// Order-preserving 32-bit key of a float (of |x| when magnitude); -0 and +0 are equal.
-// The key of float bits u (sign already cleared for magnitudes). Branch-free, so the passes
-// vectorise: negatives flip every bit, the rest set the sign bit; -0 becomes +0.
-inline uint32_t order_bits(uint32_t u) {
-  u = (u & 0x7fffffffu) == 0 ? 0u : u;
-  return u ^ ((0u - (u >> 31)) | 0x80000000u);
-}
-
-inline uint32_t float_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof(u));
-  return u;
-}
 
 
 // One contiguous range of one tensor.

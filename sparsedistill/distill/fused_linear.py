@@ -24,13 +24,19 @@ from .checks import (DIVERGENCES, FORWARD_KL, JSD, LABEL_DTYPES, REDUCTIONS, REV
 from . import fused_linear_ops  # noqa: F401  (defines the op)
 
 VOCAB_MODES = ("exact", "pad")
-# chunk_rows=None: the largest chunk whose float32 logits for both models fit this budget
-# (2 * chunk_rows * V * 4 bytes). The chunk's float32 gradient adds half of it again.
+# chunk_rows=None: the largest chunk whose float32 logits for both models fit the budget
+# (2 * chunk_rows * V * 4 bytes): 96 MiB, or an eighth of both weights' float32 bytes when that is
+# more (at most 512 MiB), since every chunk reads both weights and the weight gradient again.
+# The chunk's float32 gradient adds half of it again.
 CHUNK_BUDGET_BYTES = 96 << 20
+CHUNK_BUDGET_MAX_BYTES = 512 << 20
 
 
-def default_chunk_rows(rows: int, vocab: int, budget: int = CHUNK_BUDGET_BYTES) -> int:
-    """Rows per chunk for chunk_rows=None: max(1, budget // (2 models * V * 4 bytes)), at most N."""
+def default_chunk_rows(rows: int, vocab: int, budget: int = CHUNK_BUDGET_BYTES, weight_bytes: int = 0) -> int:
+    """Rows per chunk for chunk_rows=None: max(1, B // (2 models * V * 4 bytes)), at most N, with
+    B = max(budget, min(CHUNK_BUDGET_MAX_BYTES, weight_bytes // 8)); weight_bytes: both weights'
+    elements times 4."""
+    budget = max(budget, min(CHUNK_BUDGET_MAX_BYTES, weight_bytes // 8))
     return max(1, min(max(rows, 1), budget // (2 * 4 * max(vocab, 1))))
 
 
@@ -134,7 +140,8 @@ def fused_linear_distillation_loss(
     ``nn.Linear`` / ``lm_head.weight`` store them; student and teacher hidden sizes may differ.
     vocab="exact" requires the same number of classes; "pad" gives the classes one model lacks
     -inf logits (probability zero). chunk_rows: rows of logits per chunk (None:
-    :func:`default_chunk_rows`, a 96 MiB budget for both models' float32 logits); the result does
+    :func:`default_chunk_rows`: a 96 MiB budget for both models' float32 logits, more for
+    large weights); the result does
     not depend on it beyond rounding. Gradients reach student_hidden, student_weight and
     student_bias, never the teacher. The other arguments are those of distillation_loss.
     """
@@ -155,7 +162,8 @@ def fused_linear_distillation_loss(
         labels = true_labels.reshape(-1).to(torch.int64)
         if labels.is_cuda and not torch.compiler.is_compiling() and native_serves("fused_linear_distill", labels.device):
             check_label_range(labels, student_weight.shape[0], ignore_index)
-    chunk = int(chunk_rows) if chunk_rows is not None else default_chunk_rows(rows, n_classes)
+    chunk = int(chunk_rows) if chunk_rows is not None else default_chunk_rows(
+        rows, n_classes, weight_bytes=4 * (student_weight.numel() + teacher_weight.numel()))
     wants_grad = any(x is not None and x.requires_grad for x in (hs, student_weight, student_bias))
     # reduction="none": the per-row grad_output is known only in backward, which recomputes.
     compute_grad = torch.is_grad_enabled() and wants_grad and reduction != "none"

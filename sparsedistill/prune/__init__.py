@@ -6,7 +6,10 @@ selection), and it also holds the rest of the area:
   zero_smallest ops), by magnitude or by any score;
 - nm.py: N:M masks (the nm_mask op) and 2:4 semi-structured conversion;
 - structured.py: channel and group norms, structured masks; shrink.py: removing pruned units;
-- schedule.py: the cubic sparsity schedule.
+- schedule.py: the cubic sparsity schedule;
+- calibration.py: activation statistics of every Linear's inputs (forward hooks);
+  sparsegpt.py: the SparseGPT layer step; oneshot.py: prune_model, one-shot magnitude / Wanda /
+  SparseGPT pruning of a whole model, block by block.
 
 ops.py defines the ops, reference.py holds their pure-PyTorch kernels, checks.py the argument
 checks; the native kernels are in csrc/prune/.
@@ -14,6 +17,9 @@ checks; the native kernels are in csrc/prune/.
 from . import ops  # noqa: F401  (defines the ops)
 from .magnitude import global_magnitude_masks, global_magnitude_prune_, magnitude_mask, magnitude_prune_
 from .nm import nm_mask, to_semi_structured
+from .calibration import LinearStats, collect_statistics
+from .oneshot import LayerReport, PruneReport, find_blocks, prune_model, wanda_scores
+from .sparsegpt import sparsegpt_prune_
 from .schedule import CubicSparsitySchedule, cubic_sparsity_schedule
 from .shrink import shrink_conv_pair, shrink_dead_units_, shrink_linear_pair, shrink_mlp_
 from .structured import channel_norms, group_norms, structured_mask
@@ -27,4 +33,6 @@ from .torch_compat import (  # noqa: F401  (torch's private helpers, which its u
 __all__ = [*_torch_names, "magnitude_mask", "magnitude_prune_", "global_magnitude_masks",
            "global_magnitude_prune_", "nm_mask", "to_semi_structured", "channel_norms",
            "group_norms", "structured_mask", "shrink_linear_pair", "shrink_conv_pair",
-           "shrink_mlp_", "shrink_dead_units_", "cubic_sparsity_schedule", "CubicSparsitySchedule"]
+           "shrink_mlp_", "shrink_dead_units_", "cubic_sparsity_schedule", "CubicSparsitySchedule",
+           "collect_statistics", "LinearStats", "prune_model", "PruneReport", "LayerReport",
+           "find_blocks", "wanda_scores", "sparsegpt_prune_"]

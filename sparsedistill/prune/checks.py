@@ -208,3 +208,34 @@ def check_nm_mask_args(values: torch.Tensor, n: int, m: int) -> None:
     op_check(0 <= n <= m, ValueError, "n must lie in [0, m] = [0, ", m, "], got ", n)
     op_check(values.shape[-1] % m == 0, ValueError, "the last dim of values (size ", values.shape[-1],
              ") must be divisible by m = ", m)
+
+
+def check_grouped_args(values: torch.Tensor, keep, group_rows: int, group_cols: int, k: torch.Tensor) -> None:
+    """select_smallest_grouped(values, keep, group_rows, group_cols, k, magnitude):
+    csrc/prune/checks.h check_grouped_args. Metadata only (the fake kernel uses it too)."""
+    op_check(values.dtype in FLOAT_DTYPES, TypeError,
+             f"values must be floating point ({FLOAT_DTYPE_NAMES}), got ", values.dtype)
+    op_check(values.dim() == 2, ValueError, "values must be 2-D (rows, columns), got shape ", shape_str(values))
+    op_check(group_rows >= 1 and group_cols >= 1, ValueError,
+             "group_rows and group_cols must be >= 1, got ", group_rows, " and ", group_cols)
+    op_check(values.shape[0] % group_rows == 0 and values.shape[1] % group_cols == 0, ValueError,
+             "groups of ", group_rows, " x ", group_cols, " must tile values ", shape_str(values),
+             " exactly (rows divisible by group_rows, columns by group_cols)")
+    if keep is not None:
+        op_check(keep.dtype == torch.bool and keep.shape == values.shape and keep.device == values.device,
+                 ValueError, "keep must be a bool tensor of the shape of values ", shape_str(values),
+                 " on its device")
+    groups = (values.shape[0] // group_rows, values.shape[1] // group_cols)
+    op_check(k.dtype == torch.int64 and tuple(k.shape) == groups and k.device == values.device, ValueError,
+             "k must be an int64 tensor of shape (", groups[0], ", ", groups[1],
+             ") (one count per group) on the device of values")
+
+
+def check_grouped_k(k_bad: int, group: int, eligible: int, k: int) -> None:
+    """The first group (flat index) whose k is outside [0, its eligible elements], if any (-1: none)."""
+    op_check(k_bad < 0, ValueError, "k[", group, "] (flat group index) must lie in [0, ", eligible,
+             "] (the eligible elements of the group), got ", k)
+
+
+def check_grouped_no_nan(has_nan: bool) -> None:
+    op_check(not has_nan, ValueError, "values holds NaN: magnitudes (or scores) must be comparable")

@@ -5,6 +5,10 @@ bits (a few passes, memory the size of a histogram) and returned as bool masks.
 Masks are True where a weight is kept (the convention of torch.nn.utils.prune). Exactly k
 elements are pruned; ties at the threshold are broken by position: lowest flat index first
 (and, across a list, earlier tensors first), the same on every backend.
+
+magnitude_mask / magnitude_prune_ also compare within groups (``group=``): each output row (as
+Wanda prunes), each column, or tiles of rows x columns, all in one launch of the op
+select_smallest_grouped; every group prunes `amount` of its own (remaining) weights.
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from typing import Sequence
 import torch
 
 from . import ops  # noqa: F401  (defines torch.ops.sparsedistill.select_smallest / zero_smallest)
-from .checks import check_selection_args
+from .checks import check_int, check_selection_args
+from .reference import group_view
 
 __all__ = ["magnitude_mask", "magnitude_prune_", "global_magnitude_masks", "global_magnitude_prune_"]
 
@@ -47,18 +52,98 @@ def global_magnitude_prune_(tensors: Sequence[torch.Tensor], amount, *, scores=N
     return [keep[i] for i in index]
 
 
-def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None) -> torch.Tensor:
+def group_shape(group, shape) -> tuple[int, int] | None:
+    """`group` of magnitude_mask as (rows, cols) tiles of the tensor viewed as (shape[0], -1), or
+    None for "tensor" (one threshold for the whole tensor)."""
+    if isinstance(group, str):
+        if group == "tensor":
+            return None
+        if len(shape) == 0:
+            raise ValueError(f"group={group!r} needs a tensor with at least one dim, got a 0-d tensor")
+        rows = shape[0]
+        cols = 1
+        for n in shape[1:]:
+            cols *= n
+        if group == "row":
+            return 1, cols
+        if group == "column":
+            return rows, 1
+        raise ValueError(f"group must be 'tensor', 'row', 'column' or a (rows, cols) tile, got {group!r}")
+    if not isinstance(group, (tuple, list)) or len(group) != 2:
+        raise ValueError(f"group must be 'tensor', 'row', 'column' or a (rows, cols) tile, got {group!r}")
+    gr, gc = (check_int(f"group[{i}]", g, low=1) for i, g in enumerate(group))
+    rows = shape[0] if len(shape) else 1
+    cols = 1
+    for n in shape[1:]:
+        cols *= n
+    if rows % gr or cols % gc:
+        raise ValueError(f"group tiles of {gr} x {gc} must tile the tensor viewed as ({rows}, {cols}) "
+                         "(its first dim by the rest) exactly")
+    return gr, gc
+
+
+def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, int]) -> torch.Tensor:
+    """The keep-mask of magnitude_mask(group=...) for (rows, cols) tiles; arguments checked."""
+    rows = tensor.shape[0] if tensor.dim() else 1
+    view = lambda x: x.reshape(rows, -1)  # noqa: E731
+    values = view(tensor.detach() if scores is None else scores)
+    keep = None if mask is None else view(mask)
+    gr, gc = tile
+    size = gr * gc
+    if keep is None:
+        counts = torch.full(((values.shape[0] // gr) * (values.shape[1] // gc),), size,
+                            dtype=torch.int64, device=values.device)
+    else:
+        counts = group_view(keep, gr, gc).sum(1)
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) and not hasattr(amount, "__float__"):
+        raise TypeError(f"amount must be a float fraction in [0, 1] or an int count, got {amount!r}")
+    if isinstance(amount, int):
+        least = int(counts.min()) if counts.numel() else 0
+        if not 0 <= amount <= least:
+            raise ValueError(f"amount as a count per group must lie in [0, {least}] (the fewest "
+                             f"prunable elements of a group), got {amount}")
+        k = torch.full_like(counts, amount)
+    else:
+        amount = float(amount)
+        if not 0.0 <= amount <= 1.0:
+            raise ValueError(f"amount as a fraction must lie in [0, 1], got {amount}")
+        k = torch.round(counts.double() * amount).long()  # half to even, as Python's round
+    k = k.reshape(values.shape[0] // gr, values.shape[1] // gc)
+    out = torch.ops.sparsedistill.select_smallest_grouped(values, keep, gr, gc, k, scores is None)
+    return out.view(tensor.shape)
+
+
+def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None, group="tensor") -> torch.Tensor:
     """Bool keep-mask that prunes `amount` (fraction or count) of `tensor` by magnitude (or by
     `scores`, e.g. |W| * ||X|| as in Wanda). With an existing `mask`, `amount` applies to the
-    weights that remain (torch.nn.utils.prune's iterative semantics)."""
-    return global_magnitude_masks(
-        [tensor], amount, scores=None if scores is None else [scores],
-        masks=None if mask is None else [mask])[0]
+    weights that remain (torch.nn.utils.prune's iterative semantics).
+
+    group: where the weights compete. "tensor" (default): one threshold for the whole tensor;
+    "row": each slice along dim 0 separately (an output row of a Linear, a filter of a conv: the
+    comparison group of Wanda); "column": each column of the tensor viewed as (shape[0], -1);
+    (rows, cols): tiles of that view. A fraction applies to each group's own elements (rounded
+    per group), an int count to each group."""
+    tile = group_shape(group, tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else None
+    if tile is None:
+        return global_magnitude_masks(
+            [tensor], amount, scores=None if scores is None else [scores],
+            masks=None if mask is None else [mask])[0]
+    tensors, sc, ms, _, _ = check_selection_args(
+        [tensor], 0, None if scores is None else [scores], None if mask is None else [mask])
+    return grouped_mask(tensors[0], amount, None if sc is None else sc[0], None if ms is None else ms[0], tile)
 
 
-def magnitude_prune_(tensor: torch.Tensor, amount, *, scores=None, mask=None) -> torch.Tensor:
-    """Zeroes the pruned weights of `tensor` in place and returns the keep-mask. Nothing is
-    modified if an argument is rejected."""
-    return global_magnitude_prune_(
-        [tensor], amount, scores=None if scores is None else [scores],
-        masks=None if mask is None else [mask])[0]
+def magnitude_prune_(tensor: torch.Tensor, amount, *, scores=None, mask=None, group="tensor") -> torch.Tensor:
+    """Zeroes the pruned weights of `tensor` in place and returns the keep-mask (`group` as in
+    magnitude_mask). Nothing is modified if an argument is rejected."""
+    tile = group_shape(group, tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else None
+    if tile is None:
+        return global_magnitude_prune_(
+            [tensor], amount, scores=None if scores is None else [scores],
+            masks=None if mask is None else [mask])[0]
+    tensors, sc, ms, _, _ = check_selection_args(
+        [tensor], 0, None if scores is None else [scores], None if mask is None else [mask], writes=True)
+    keep = grouped_mask(tensors[0], amount, None if sc is None else sc[0], None if ms is None else ms[0], tile)
+    with torch.no_grad():
+        tensor.detach().masked_fill_(~keep, 0)  # shares the version counter: autograd sees it
+    return keep

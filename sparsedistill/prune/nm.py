@@ -13,10 +13,11 @@ from .checks import check_dim, check_float_tensor, check_int
 __all__ = ["nm_mask", "to_semi_structured"]
 
 
-def nm_mask(tensor: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torch.Tensor:
+def nm_mask(tensor: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, scores=None) -> torch.Tensor:
     """Bool N:M keep-mask: of every `m` consecutive weights along `dim`, the `n` largest in
-    magnitude are kept (exactly n per group). Among equal magnitudes the lowest index is pruned
-    first (so an all-equal 2:4 group keeps its last two weights), as in magnitude_mask.
+    magnitude (or in `scores`, a tensor of tensor's shape: e.g. Wanda's |W| * ||X||) are kept
+    (exactly n per group). Among equal keys the lowest index is pruned first (so an all-equal
+    2:4 group keeps its last two weights), as in magnitude_mask.
 
     Runs the op sparsedistill::nm_mask (one C++/CUDA kernel launch where the extension is
     built) on a view with `dim` moved last; float64 magnitudes are compared in float64."""
@@ -29,9 +30,15 @@ def nm_mask(tensor: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1) -> torc
     size = tensor.shape[dim]
     if size % m:
         raise ValueError(f"dim: size {size} of dim {dim} is not divisible by m = {m}")
-    if torch.isnan(tensor).any():
-        raise ValueError("tensor contains NaN; magnitudes cannot be ranked")
-    keep = torch.ops.sparsedistill.nm_mask(tensor.detach().movedim(dim, -1), n, m, True)
+    if scores is not None:
+        check_float_tensor("scores", scores)
+        if scores.shape != tensor.shape or scores.device != tensor.device:
+            raise ValueError(f"scores must have tensor's shape {tuple(tensor.shape)} and device "
+                             f"({tensor.device}), got {tuple(scores.shape)} on {scores.device}")
+    ranked = tensor if scores is None else scores
+    if torch.isnan(ranked).any():
+        raise ValueError(f"{'tensor' if scores is None else 'scores'} contains NaN; it cannot be ranked")
+    keep = torch.ops.sparsedistill.nm_mask(ranked.detach().movedim(dim, -1), n, m, scores is None)
     return keep.movedim(-1, dim).contiguous()
 
 

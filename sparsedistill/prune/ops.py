@@ -8,7 +8,7 @@ import torch
 
 from .._library import define
 from . import reference
-from .checks import check_nm_mask_args
+from .checks import check_grouped_args, check_nm_mask_args
 
 # ---------------------------------------------------------------------------------------------
 # select_smallest: exact k-smallest selection over a list of tensors (one threshold for all)
@@ -35,6 +35,22 @@ define("zero_smallest(Tensor(a!)[] tensors, Tensor(b!)[] masks, Tensor[]? scores
 @torch.library.register_fake("sparsedistill::zero_smallest")
 def _zero_smallest_fake(tensors, masks, scores, keep, k):
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# select_smallest_grouped: exact k-smallest selection in every group_rows x group_cols tile of a
+# matrix, in one launch (per output row: group_rows=1, group_cols=C, as Wanda compares). k holds
+# one count per tile (int64, shape (R / group_rows, C / group_cols)); ties: lowest row-major
+# position inside the tile first; keep (optional) as in select_smallest.
+# ---------------------------------------------------------------------------------------------
+define("select_smallest_grouped(Tensor values, Tensor? keep, int group_rows, int group_cols, "
+       "Tensor k, bool magnitude) -> Tensor", reference.select_smallest_grouped)
+
+
+@torch.library.register_fake("sparsedistill::select_smallest_grouped")
+def _select_smallest_grouped_fake(values, keep, group_rows, group_cols, k, magnitude):
+    check_grouped_args(values, keep, group_rows, group_cols, k)
+    return values.new_empty(values.shape, dtype=torch.bool)
 
 
 # ---------------------------------------------------------------------------------------------

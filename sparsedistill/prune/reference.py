@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .checks import (check_nm_mask_args, check_select_args, check_select_k, check_select_no_nan,
+from .checks import (check_grouped_args, check_grouped_k, check_grouped_no_nan, check_nm_mask_args,
+                     check_select_args, check_select_k, check_select_no_nan,
                      check_zero_smallest_args)
 
 
@@ -72,3 +73,100 @@ def zero_smallest(tensors: list[torch.Tensor], masks: list[torch.Tensor],
     for t, m, sel in zip(tensors, masks, selected):
         m.copy_(sel)
         t.masked_fill_(~sel, 0)
+
+
+def group_view(x: torch.Tensor, group_rows: int, group_cols: int) -> torch.Tensor:
+    """(R, C) -> (groups, group_rows * group_cols): one row per group, its elements row-major,
+    groups ordered row-major over the (R / group_rows, C / group_cols) grid."""
+    r, c = x.shape
+    g = x.reshape(r // group_rows, group_rows, c // group_cols, group_cols).permute(0, 2, 1, 3)
+    return g.reshape(-1, group_rows * group_cols)
+
+
+def ungroup(g: torch.Tensor, shape, group_rows: int, group_cols: int) -> torch.Tensor:
+    """Inverse of group_view."""
+    r, c = shape
+    x = g.reshape(r // group_rows, c // group_cols, group_rows, group_cols).permute(0, 2, 1, 3)
+    return x.reshape(r, c)
+
+
+def select_smallest_grouped(values: torch.Tensor, keep: torch.Tensor | None, group_rows: int,
+                            group_cols: int, k: torch.Tensor, magnitude: bool) -> torch.Tensor:
+    """Reference of ``sparsedistill::select_smallest_grouped``: a bool keep-mask of values' shape
+    that prunes, in every group_rows x group_cols tile, its k[i, j] smallest eligible keys (ties:
+    lowest row-major position in the tile first); not-eligible elements stay False."""
+    check_grouped_args(values, keep, group_rows, group_cols, k)
+    eligible = (torch.ones(values.shape, dtype=torch.bool, device=values.device) if keep is None else keep)
+    eg = group_view(eligible, group_rows, group_cols)
+    counts, kf = eg.sum(1), k.reshape(-1)
+    bad = ((kf < 0) | (kf > counts)).nonzero()
+    if bad.numel():
+        g = int(bad[0])
+        check_grouped_k(0, g, int(counts[g]), int(kf[g]))
+    check_grouped_no_nan(bool(torch.isnan(values).any()))
+    keys = group_view(order_keys(values, magnitude).view(values.shape), group_rows, group_cols)
+    keys = torch.where(eg, keys, torch.full_like(keys, 1 << 33))  # not eligible: ranked last
+    order = torch.sort(keys, dim=-1, stable=True).indices
+    rank_pruned = torch.arange(keys.shape[1], device=keys.device) < kf.unsqueeze(1)
+    keep_g = torch.ones_like(eg).scatter_(1, order, ~rank_pruned) & eg
+    return ungroup(keep_g, values.shape, group_rows, group_cols).contiguous()
+
+
+@torch.no_grad()
+def sparsegpt_published(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, prune_n: int = 0,
+                        prune_m: int = 0, blocksize: int = 128, percdamp: float = 0.01,
+                        exact: bool = False) -> torch.Tensor:
+    """A line-by-line torch port of the published SparseGPT step (SparseGPT.fasterprune of
+    IST-DASLab/sparsegpt, without quantisation): the oracle of sparsegpt.sparsegpt_prune_.
+    Returns the pruned weight (float32). prune_n of every prune_m pruned for N:M (0: unstructured).
+    exact=True replaces the block threshold (`tmp <= sorted[int(numel * sparsity)]`, which
+    prunes one more weight per block, and more on ties) by exactly round(numel * sparsity),
+    lowest index first on ties: the selection of sparsegpt_prune_."""
+    W = weight.detach().clone().float()
+    columns = W.shape[1]
+    H = hessian.clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    damp = percdamp * torch.mean(torch.diag(H))
+    diag = torch.arange(columns, device=W.device)
+    H[diag, diag] += damp
+    H = torch.linalg.cholesky(H)
+    H = torch.cholesky_inverse(H)
+    H = torch.linalg.cholesky(H, upper=True)
+    Hinv = H
+    for i1 in range(0, columns, blocksize):
+        i2 = min(i1 + blocksize, columns)
+        count = i2 - i1
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.zeros_like(W1)
+        Err1 = torch.zeros_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        if prune_n == 0:
+            tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
+            if exact:
+                mask1 = ~prune_lowest(order_keys(tmp, False).view(1, -1),
+                                      int(round(tmp.numel() * sparsity))).view(tmp.shape)
+            else:
+                thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
+                mask1 = tmp <= thresh
+        else:
+            mask1 = torch.zeros_like(W1) == 1
+        for i in range(count):
+            w = W1[:, i]
+            d = Hinv1[i, i]
+            if prune_n != 0 and i % prune_m == 0:
+                tmp = W1[:, i:(i + prune_m)] ** 2 / (torch.diag(Hinv1)[i:(i + prune_m)].reshape((1, -1))) ** 2
+                if exact:
+                    mask1[:, i:(i + prune_m)] = ~prune_lowest(order_keys(tmp, False).view(tmp.shape), prune_n)
+                else:
+                    mask1.scatter_(1, i + torch.topk(tmp, prune_n, dim=1, largest=False)[1], True)
+            q = w.clone()
+            q[mask1[:, i]] = 0
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        W[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return W

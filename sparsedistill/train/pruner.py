@@ -33,13 +33,17 @@ class MaskedPruner:
     or a dict name -> Parameter, or a list of Parameters), raised along `schedule` (a callable
     step -> sparsity, e.g. CubicSparsitySchedule).
 
+    masks: keep-masks to start from (a dict name -> bool mask over the same names, as
+    prune_model's report.masks, or a list in params' order), e.g. after one-shot pruning; those
+    weights stay pruned and count towards the sparsity.
+
     ``step(global_step)`` prunes, among the weights still kept, the smallest ones needed to reach
     the scheduled sparsity exactly (over all params together; pruned weights never come back),
     then zeroes them. While attached, a gradient hook zeroes the gradient of every pruned weight;
     call ``apply_()`` after each optimiser step too, since momentum and weight decay still move
     them. ``remove()`` drops the hooks."""
 
-    def __init__(self, params, schedule: Callable[[int], float]):
+    def __init__(self, params, schedule: Callable[[int], float], masks=None):
         if isinstance(params, nn.Module):
             params = prunable_weights(params)
         if not isinstance(params, dict):
@@ -55,11 +59,27 @@ class MaskedPruner:
         self.names = list(params)
         self.params = list(params.values())
         self.schedule = schedule
-        self.masks = [torch.ones_like(p, dtype=torch.bool) for p in self.params]
+        self.masks = self._initial_masks(masks)
         self.total = sum(p.numel() for p in self.params)
-        self.pruned = 0
+        self.pruned = sum(int((~m).sum()) for m in self.masks)
         self._hooks = [p.register_hook(self._grad_hook(i))
                        for i, p in enumerate(self.params) if p.requires_grad]
+
+    def _initial_masks(self, masks) -> list:
+        if masks is None:
+            return [torch.ones_like(p, dtype=torch.bool) for p in self.params]
+        if isinstance(masks, dict):
+            missing = [n for n in self.names if n not in masks]
+            if missing:
+                raise ValueError(f"masks has no mask for {missing[:3]} (it must name every param)")
+            masks = [masks[n] for n in self.names]
+        masks = list(masks)
+        if len(masks) != len(self.params):
+            raise ValueError(f"masks must hold one mask per param ({len(self.params)}), got {len(masks)}")
+        for name, m, p in zip(self.names, masks, self.params):
+            if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.shape != p.shape:
+                raise ValueError(f"masks[{name!r}] must be a bool tensor of shape {tuple(p.shape)}")
+        return [m.to(p.device).clone() for m, p in zip(masks, self.params)]
 
     def _grad_hook(self, i: int):
         return lambda grad: grad.masked_fill(~self.masks[i], 0)

@@ -147,6 +147,11 @@ def test_default_chunk_rows_fits_the_budget():
     assert default_chunk_rows(10, 1000) == 10
     assert default_chunk_rows(0, 1000) == 1
     assert default_chunk_rows(10 ** 6, 10 ** 9) == 1
+    # Large weights raise the budget to an eighth of their float32 bytes, at most 512 MiB.
+    w = 4 * 2 * 128256 * 2048
+    assert default_chunk_rows(100000, 128256, weight_bytes=w) == (w // 8) // (8 * 128256)
+    assert default_chunk_rows(100000, 128256, weight_bytes=1 << 40) == (512 << 20) // (8 * 128256)
+    assert default_chunk_rows(100000, 32000, weight_bytes=4 * 2 * 32000 * 1024) == (96 << 20) // (8 * 32000)
 
 
 def test_bf16_logits_are_not_rounded_first(device):

@@ -63,3 +63,30 @@ def test_zero_smallest_rejects_the_same_everywhere(device, case):
 @pytest.mark.parametrize("case", list(nm_calls("cpu")))
 def test_nm_mask_rejects_the_same_everywhere(device, case):
     same_error_everywhere("nm_mask", reference.nm_mask, nm_calls(device)[case], device)
+
+
+def grouped_calls(device):
+    w = torch.randn(6, 8, device=device)
+    k = torch.ones(3, 2, dtype=torch.int64, device=device)
+    nan = w.clone()
+    nan[5, 7] = float("nan")
+    return {
+        "values dtype": [w.int(), None, 2, 4, k, True],
+        "values 1-D": [w[0], None, 1, 8, k, True],
+        "group size": [w, None, 0, 4, k, True],
+        "tiling": [w, None, 4, 4, k, True],
+        "keep dtype": [w, (w > 0).float(), 2, 4, k, True],
+        "keep shape": [w, w[:3] > 0, 2, 4, k, True],
+        "k shape": [w, None, 2, 4, k[:2], True],
+        "k dtype": [w, None, 2, 4, k.int(), True],
+        "k too large": [w, None, 2, 4, k * 9, True],
+        "k negative": [w, w > 0, 2, 4, -k, False],
+        "k above eligible": [w, torch.zeros_like(w, dtype=torch.bool), 2, 4, k, True],
+        "nan": [nan, None, 2, 4, k, True],
+    }
+
+
+@pytest.mark.parametrize("case", list(grouped_calls("cpu")))
+def test_select_smallest_grouped_rejects_the_same_everywhere(device, case):
+    same_error_everywhere("select_smallest_grouped", reference.select_smallest_grouped,
+                          grouped_calls(device)[case], device)

@@ -1,0 +1,147 @@
+"""Selection within groups (per output row, per column, tiles): the op select_smallest_grouped
+on every backend against a sort-based oracle, and magnitude_mask(group=...) / nm_mask(scores=)."""
+import pytest
+import torch
+
+import sparsedistill as sd
+from sparsedistill.prune import reference as R
+from _helpers import skip_unless_serving
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+CASES = [((7, 12), (1, 12)), ((8, 12), (2, 3)), ((5, 9), (5, 1)), ((3, 4099), (1, 4099)),
+         ((64, 96), (16, 32)), ((1, 1), (1, 1)), ((0, 5), (1, 5)), ((4, 0), (2, 1))]
+
+
+def oracle(values, keep, gr, gc, k, magnitude):
+    """Per group, a stable sort of (key, position) in float64: the first k eligible are pruned."""
+    x = values.double().abs() if magnitude else values.double()
+    out = torch.zeros(values.shape, dtype=torch.bool)
+    rows, cols = values.shape
+    for gi in range(rows // gr if gr else 0):
+        for gj in range(cols // gc if gc else 0):
+            pos = [(r, c) for r in range(gi * gr, gi * gr + gr) for c in range(gj * gc, gj * gc + gc)]
+            elig = [p for p in pos if keep is None or bool(keep[p])]
+            ranked = sorted(range(len(elig)), key=lambda i: (float(x[elig[i]]), i))
+            pruned = {elig[i] for i in ranked[:int(k[gi, gj])]}
+            for p in elig:
+                out[p] = p not in pruned
+    return out
+
+
+def random_case(shape, tile, dtype, device, with_keep, gen):
+    v = (torch.randn(shape, generator=gen) * 3).round()  # many ties, signed zeros
+    v[torch.rand(shape, generator=gen) < 0.1] *= -0.0
+    v = v.to(dtype).to(device)
+    keep = (torch.rand(shape, generator=gen) > 0.3).to(device) if with_keep else None
+    elig = R.group_view(keep.cpu() if with_keep else torch.ones(shape, dtype=torch.bool), *tile).sum(1)
+    k = (elig.double() * torch.rand(elig.shape, generator=gen)).round().long()
+    return v, keep, k.reshape(shape[0] // tile[0], shape[1] // tile[1]).to(device)
+
+
+@pytest.mark.parametrize("shape,tile", CASES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_grouped_selection_is_exact(device, shape, tile, dtype):
+    gen = torch.Generator().manual_seed(sum(shape) + sum(tile))
+    for with_keep in (False, True):
+        v, keep, k = random_case(shape, tile, dtype, device, with_keep, gen)
+        for magnitude in (True, False):
+            got = torch.ops.sparsedistill.select_smallest_grouped(v, keep, *tile, k, magnitude)
+            if shape[0] * shape[1] <= 4 * 4099:
+                want = oracle(v.cpu().float(), None if keep is None else keep.cpu(), *tile, k.cpu(), magnitude)
+                assert torch.equal(got.cpu(), want)
+            ref = R.select_smallest_grouped(v, keep, *tile, k, magnitude)
+            assert torch.equal(got, ref)
+            g = R.group_view(got.cpu(), *tile)
+            elig = R.group_view(torch.ones(shape, dtype=torch.bool) if keep is None else keep.cpu(), *tile)
+            assert torch.equal((elig & ~g).sum(1), k.cpu().reshape(-1))  # exact counts
+            assert not (g & ~elig).any()                                   # not-eligible stay False
+
+
+def test_native_grouped_equals_reference_on_large_rows(device):
+    skip_unless_serving("select_smallest_grouped", device)
+    gen = torch.Generator().manual_seed(1)
+    v = torch.randn(33, 11008, generator=gen).to(device)
+    k = torch.full((33, 1), 5504, dtype=torch.int64, device=device)
+    got = torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, 11008, k, True)
+    assert torch.equal(got, R.select_smallest_grouped(v, None, 1, 11008, k, True))
+    kept, pruned = v.abs()[got].view(33, -1), v.abs()[~got].view(33, -1)
+    assert (kept.min(1).values >= pruned.max(1).values).all()  # kept >= pruned, row by row
+
+
+def test_magnitude_mask_groups(device):
+    w = torch.randn(6, 4, 3, device=device)
+    rows = sd.magnitude_mask(w, 0.5, group="row")
+    assert torch.equal(rows.reshape(6, -1).sum(1).cpu(), torch.full((6,), 6))
+    flat = w.abs().reshape(6, -1)
+    for r in range(6):
+        m = rows.reshape(6, -1)[r]
+        assert flat[r][m].min() >= flat[r][~m].max()
+    cols = sd.magnitude_mask(w, 1, group="column")
+    assert torch.equal((~cols).reshape(6, -1).sum(0).cpu(), torch.ones(12, dtype=torch.long))
+    tiles = sd.magnitude_mask(w, 0.25, group=(3, 4))
+    assert torch.equal(R.group_view((~tiles).reshape(6, -1), 3, 4).sum(1).cpu(), torch.full((6,), 3))
+    assert torch.equal(sd.magnitude_mask(w, 0.5, group="tensor"), sd.magnitude_mask(w, 0.5))
+
+
+def test_magnitude_mask_groups_iterative(device):
+    w = torch.randn(8, 10, device=device)
+    first = sd.magnitude_mask(w, 0.5, group="row")
+    second = sd.magnitude_mask(w, 0.4, group="row", mask=first)   # 40% of the 5 left per row
+    assert not (second & ~first).any()
+    assert torch.equal((~second).sum(1).cpu(), torch.full((8,), 7))
+
+
+def test_magnitude_prune_groups_in_place(device):
+    w = torch.randn(5, 16, device=device)
+    scores = torch.rand(5, 16, device=device)
+    before = w.clone()
+    v0 = w._version
+    keep = sd.magnitude_prune_(w, 0.75, scores=scores, group="row")
+    assert w._version > v0
+    assert torch.equal(w, before * keep)
+    assert torch.equal(keep, sd.magnitude_mask(before, 0.75, scores=scores, group="row"))
+    for r in range(5):
+        assert scores[r][keep[r]].min() >= scores[r][~keep[r]].max()
+
+
+@pytest.mark.parametrize("group,err", [("rows", ValueError), ((3, 4), ValueError), ((0, 2), ValueError),
+                                       ((1.5, 2), TypeError), ((1, 2, 3), ValueError)])
+def test_bad_group_is_refused_untouched(group, err):
+    w = torch.randn(4, 6)
+    before = w.clone()
+    with pytest.raises(err, match="group"):
+        sd.magnitude_prune_(w, 0.5, group=group)
+    assert torch.equal(w, before)
+
+
+@pytest.mark.parametrize("amount", [1.5, -0.1, 7, "half"])
+def test_bad_amount_per_group_is_refused(amount):
+    w = torch.randn(4, 6)
+    before = w.clone()
+    with pytest.raises((ValueError, TypeError), match="amount"):
+        sd.magnitude_prune_(w, amount, group="row")
+    assert torch.equal(w, before)
+
+
+def test_nm_mask_with_scores(device):
+    w = torch.randn(6, 16, device=device)
+    s = torch.rand(6, 16, device=device)
+    keep = sd.nm_mask(w, 2, 4, scores=s)
+    assert torch.equal(keep, sd.nm_mask(s, 2, 4))
+    assert torch.equal(keep.reshape(-1, 4).sum(1).cpu(), torch.full((24,), 2))
+    with pytest.raises(ValueError, match="scores"):
+        sd.nm_mask(w, 2, 4, scores=s[:3])
+    bad = s.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="scores"):
+        sd.nm_mask(w, 2, 4, scores=bad)
+
+
+def test_grouped_op_under_compile_and_opcheck():
+    v = torch.randn(8, 12)
+    k = torch.full((8, 1), 5, dtype=torch.int64)
+    torch.library.opcheck(torch.ops.sparsedistill.select_smallest_grouped.default, (v, torch.rand(8, 12) > 0.2, 1, 12, k.clamp(max=3), True),
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    fn = torch.compile(lambda x, kk: torch.ops.sparsedistill.select_smallest_grouped(x, None, 1, 12, kk, True),
+                       fullgraph=True)
+    assert torch.equal(fn(v, k), torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, 12, k, True))
