@@ -21,7 +21,7 @@ from .prune import (  # noqa: E402
     CubicSparsitySchedule, channel_norms, cubic_sparsity_schedule, global_magnitude_masks,
     global_magnitude_prune_, group_norms, magnitude_mask, magnitude_prune_, nm_mask,
     shrink_conv_pair, shrink_dead_units_, shrink_linear_pair, shrink_mlp_, structured_mask,
-    to_semi_structured, collect_statistics, prune_model, sparsegpt_prune_, wanda_scores,
+    to_semi_structured, collect_statistics, prune_model, sparsegpt_prune_, wanda_prune_, wanda_scores,
 )
 from .sparse import SparseLinear, SparseWeight, SparsifyReport, sparse_linear, sparsify  # noqa: E402
 from .train import MaskedPruner, cpu_latency_ms, evaluate, fit_distill, model_stats, train_hard_labels  # noqa: E402
@@ -34,7 +34,7 @@ __all__ = [
     "nm_mask", "to_semi_structured", "channel_norms", "group_norms", "structured_mask",
     "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_", "shrink_dead_units_",
     "cubic_sparsity_schedule", "CubicSparsitySchedule",
-    "collect_statistics", "prune_model", "sparsegpt_prune_", "wanda_scores",
+    "collect_statistics", "prune_model", "sparsegpt_prune_", "wanda_prune_", "wanda_scores",
     "SparseWeight", "sparse_linear", "SparseLinear", "sparsify", "SparsifyReport",
     "MaskedPruner", "fit_distill", "train_hard_labels", "evaluate", "model_stats", "cpu_latency_ms",
     "prune", "distill", "sparse", "train", "backend_info", "__version__",

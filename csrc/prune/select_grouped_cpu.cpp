@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -61,29 +62,24 @@ uint32_t kth_key(const uint32_t* keys, int64_t n, int64_t rank, std::vector<uint
   return prefix;
 }
 
-at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::optional<at::Tensor>& keep,
-                                       int64_t group_rows, int64_t group_cols, const at::Tensor& k,
-                                       bool magnitude) {
-  check_grouped_args(values, keep, group_rows, group_cols, k);
-  const at::Tensor v = values.contiguous();
-  const at::Tensor eligible = keep.has_value() ? keep->contiguous() : at::Tensor();
-  const at::Tensor kc = k.contiguous();
-  const int64_t cols = v.size(1);
-  const int64_t grid_cols = cols / group_cols, groups = kc.numel();
-  const int64_t tile = group_rows * group_cols;
-  at::Tensor mask = at::empty(v.sizes(), v.options().dtype(at::kBool));
-  if (v.numel() == 0) return mask;  // no tiles either (a zero dim leaves a zero grid dim)
-  const int64_t* kp = kc.const_data_ptr<int64_t>();
-  const bool* ep = eligible.defined() ? eligible.const_data_ptr<bool>() : nullptr;
-  bool* mp = mask.mutable_data_ptr<bool>();
-  // The first failing group (lowest index) is reported, whichever thread found it.
-  std::atomic<int64_t> bad_k{std::numeric_limits<int64_t>::max()}, bad_nan{std::numeric_limits<int64_t>::max()};
+// The selection of every tile into mask (rows x cols bools). col_scale (or nullptr): keys of
+// |x_ij| * col_scale[j] (float32 products) instead of x / |x|. zero: also set the pruned
+// elements of values to zero in the mask pass (values must then be contiguous and writable).
+// Returns the first tile whose k is outside [0, eligible] (or -1) and sets *nan_seen; with
+// zero, the caller has checked k and NaN before, so that no error can follow a write.
+int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int64_t group_rows,
+                     int64_t group_cols, bool magnitude, const float* col_scale, bool zero, bool* mp,
+                     bool* nan_seen) {
+  const int64_t cols = v.size(1), grid_cols = cols / group_cols;
+  const int64_t groups = (v.size(0) / group_rows) * grid_cols, tile = group_rows * group_cols;
+  std::atomic<int64_t> bad_k{std::numeric_limits<int64_t>::max()};
+  std::atomic<bool> any_nan{false};
   const int64_t grain = std::max<int64_t>(1, (1 << 15) / std::max<int64_t>(tile, 1));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, v.scalar_type(), "select_smallest_grouped", [&] {
-    const scalar_t* x = v.const_data_ptr<scalar_t>();
+    scalar_t* x = const_cast<scalar_t*>(v.const_data_ptr<scalar_t>());
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       std::vector<uint32_t> keys(tile), tmp(tile);
-      const uint32_t sign_mask = magnitude ? 0x7fffffffu : 0xffffffffu;
+      const uint32_t sign_mask = (magnitude || col_scale) ? 0x7fffffffu : 0xffffffffu;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t r0 = (g / grid_cols) * group_rows, c0 = (g % grid_cols) * group_cols;
         int64_t n_eligible = 0;
@@ -91,10 +87,19 @@ at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::opti
         for (int64_t r = 0; r < group_rows; ++r) {
           const int64_t base = (r0 + r) * cols + c0;
           uint32_t* kr = keys.data() + r * group_cols;
-          for (int64_t c = 0; c < group_cols; ++c) {
-            const uint32_t u = float_bits(static_cast<float>(x[base + c]));
-            nan |= static_cast<uint32_t>(is_nan_bits(u));
-            kr[c] = order_bits(u & sign_mask);
+          if (col_scale) {
+            const float* sc = col_scale + c0;
+            for (int64_t c = 0; c < group_cols; ++c) {
+              const uint32_t u = float_bits(std::fabs(static_cast<float>(x[base + c])) * sc[c]);
+              nan |= static_cast<uint32_t>(is_nan_bits(u));
+              kr[c] = order_bits(u & sign_mask);
+            }
+          } else {
+            for (int64_t c = 0; c < group_cols; ++c) {
+              const uint32_t u = float_bits(static_cast<float>(x[base + c]));
+              nan |= static_cast<uint32_t>(is_nan_bits(u));
+              kr[c] = order_bits(u & sign_mask);
+            }
           }
           if (ep) {
             for (int64_t c = 0; c < group_cols; ++c) {
@@ -112,8 +117,7 @@ at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::opti
           continue;
         }
         if (nan) {
-          int64_t cur = bad_nan.load();
-          while (g < cur && !bad_nan.compare_exchange_weak(cur, g)) {}
+          any_nan = true;
           continue;
         }
         // Threshold: prune every key < K and the first `ties` keys == K (tile order).
@@ -125,42 +129,103 @@ at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::opti
           ties = want - below;
         }
         for (int64_t r = 0; r < group_rows; ++r) {
-          bool* out = mp + (r0 + r) * cols + c0;
+          const int64_t base = (r0 + r) * cols + c0;
+          bool* out = mp + base;
           const uint32_t* kr = keys.data() + r * group_cols;
-          if (want == 0) {
-            for (int64_t c = 0; c < group_cols; ++c) out[c] = kr[c] != kNotEligible;
-            continue;
-          }
-          for (int64_t c = 0; c < group_cols; ++c) {
-            const uint32_t key = kr[c];
-            bool pruned = key < K;
-            if (key == K && ties > 0) {
-              pruned = true;
+          // Branch-free for the keys off the threshold; the ties (== K) in tile order after.
+          for (int64_t c = 0; c < group_cols; ++c) out[c] = kr[c] >= K && kr[c] != kNotEligible;
+          if (want == 0) continue;
+          for (int64_t c = 0; c < group_cols && ties > 0; ++c) {
+            if (kr[c] == K) {
+              out[c] = false;
               --ties;
             }
-            out[c] = !pruned && key != kNotEligible;
+          }
+        }
+        if (zero) {  // pruned and not-eligible elements, as the reference's masked_fill_
+          for (int64_t r = 0; r < group_rows; ++r) {
+            const int64_t base = (r0 + r) * cols + c0;
+            const bool* out = mp + base;
+            for (int64_t c = 0; c < group_cols; ++c)
+              x[base + c] = out[c] ? x[base + c] : static_cast<scalar_t>(0);
           }
         }
       }
     });
   });
-  // Errors as the reference orders them: the first group with a bad k, else NaN anywhere.
-  const int64_t none = std::numeric_limits<int64_t>::max(), gk = bad_k.load();
-  if (gk != none) {
-    const int64_t r0 = (gk / grid_cols) * group_rows, c0 = (gk % grid_cols) * group_cols;
-    int64_t n_eligible = ep ? 0 : tile;
-    for (int64_t r = 0; ep && r < group_rows; ++r)
-      for (int64_t c = 0; c < group_cols; ++c) n_eligible += ep[(r0 + r) * cols + c0 + c];
-    check_grouped_k(0, gk, n_eligible, kp[gk]);
-  }
-  check_grouped_no_nan(bad_nan.load() != none);
+  *nan_seen = any_nan.load();
+  const int64_t gk = bad_k.load();
+  return gk == std::numeric_limits<int64_t>::max() ? -1 : gk;
+}
+
+int64_t tile_eligible(const bool* ep, int64_t g, int64_t cols, int64_t group_rows, int64_t group_cols) {
+  const int64_t grid_cols = cols / group_cols;
+  const int64_t r0 = (g / grid_cols) * group_rows, c0 = (g % grid_cols) * group_cols;
+  int64_t n = ep ? 0 : group_rows * group_cols;
+  for (int64_t r = 0; ep && r < group_rows; ++r)
+    for (int64_t c = 0; c < group_cols; ++c) n += ep[(r0 + r) * cols + c0 + c];
+  return n;
+}
+
+at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::optional<at::Tensor>& keep,
+                                       int64_t group_rows, int64_t group_cols, const at::Tensor& k,
+                                       bool magnitude) {
+  check_grouped_args(values, keep, group_rows, group_cols, k);
+  const at::Tensor v = values.contiguous();
+  const at::Tensor eligible = keep.has_value() ? keep->contiguous() : at::Tensor();
+  const at::Tensor kc = k.contiguous();
+  at::Tensor mask = at::empty(v.sizes(), v.options().dtype(at::kBool));
+  if (v.numel() == 0) return mask;  // no tiles either (a zero dim leaves a zero grid dim)
+  const bool* ep = eligible.defined() ? eligible.const_data_ptr<bool>() : nullptr;
+  bool nan = false;
+  const int64_t bad = select_tiles(v, ep, kc.const_data_ptr<int64_t>(), group_rows, group_cols,
+                                   magnitude, nullptr, false, mask.mutable_data_ptr<bool>(), &nan);
+  // Errors as the reference orders them: the first tile with a bad k, else NaN anywhere.
+  if (bad >= 0)
+    check_grouped_k(0, bad, tile_eligible(ep, bad, v.size(1), group_rows, group_cols),
+                    kc.const_data_ptr<int64_t>()[bad]);
+  check_grouped_no_nan(nan);
   return mask;
+}
+
+// zero_smallest_grouped: the selection by |values| (times col_scale per column) that writes the
+// mask and zeroes the pruned values in its mask pass. k and NaN are checked first (k per tile
+// from the eligible counts, NaN by one vectorised pass), so a rejected call writes nothing.
+void zero_smallest_grouped_cpu(const at::Tensor& values, const at::Tensor& mask,
+                               const std::optional<at::Tensor>& keep, int64_t group_rows,
+                               int64_t group_cols, const at::Tensor& k,
+                               const std::optional<at::Tensor>& col_scale) {
+  check_zero_grouped_args(values, mask, keep, group_rows, group_cols, k, col_scale);
+  if (values.numel() == 0) return;
+  const at::Tensor kc = k.contiguous();
+  const at::Tensor eligible = keep.has_value() ? keep->contiguous() : at::Tensor();
+  const bool* ep = eligible.defined() ? eligible.const_data_ptr<bool>() : nullptr;
+  const int64_t* kp = kc.const_data_ptr<int64_t>();
+  const int64_t tile = group_rows * group_cols;
+  for (int64_t g = 0; g < kc.numel(); ++g) {
+    if (kp[g] >= 0 && kp[g] <= tile && !ep) continue;
+    const int64_t n = tile_eligible(ep, g, values.size(1), group_rows, group_cols);
+    if (kp[g] < 0 || kp[g] > n) check_grouped_k(0, g, n, kp[g]);
+  }
+  check_grouped_no_nan(at::isnan(values).any().item<bool>());
+  const at::Tensor scale = col_scale.has_value() ? col_scale->contiguous() : at::Tensor();
+  const bool direct = values.is_contiguous() && mask.is_contiguous();
+  at::Tensor v = direct ? values : values.contiguous();
+  at::Tensor m = direct ? mask : at::empty(values.sizes(), mask.options());
+  bool nan = false;
+  select_tiles(v, ep, kp, group_rows, group_cols, true,
+               scale.defined() ? scale.const_data_ptr<float>() : nullptr, true, m.mutable_data_ptr<bool>(), &nan);
+  if (!direct) {
+    values.copy_(v);
+    mask.copy_(m);
+  }
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) {
   m.impl("select_smallest_grouped", &select_smallest_grouped_cpu);
+  m.impl("zero_smallest_grouped", &zero_smallest_grouped_cpu);
 }
 
 }  // namespace sparsedistill

@@ -18,7 +18,7 @@ from . import ops  # noqa: F401  (defines the ops)
 from .magnitude import global_magnitude_masks, global_magnitude_prune_, magnitude_mask, magnitude_prune_
 from .nm import nm_mask, to_semi_structured
 from .calibration import LinearStats, collect_statistics
-from .oneshot import LayerReport, PruneReport, find_blocks, prune_model, wanda_scores
+from .oneshot import LayerReport, PruneReport, find_blocks, prune_model, wanda_prune_, wanda_scores
 from .sparsegpt import sparsegpt_prune_
 from .schedule import CubicSparsitySchedule, cubic_sparsity_schedule
 from .shrink import shrink_conv_pair, shrink_dead_units_, shrink_linear_pair, shrink_mlp_
@@ -35,4 +35,4 @@ __all__ = [*_torch_names, "magnitude_mask", "magnitude_prune_", "global_magnitud
            "group_norms", "structured_mask", "shrink_linear_pair", "shrink_conv_pair",
            "shrink_mlp_", "shrink_dead_units_", "cubic_sparsity_schedule", "CubicSparsitySchedule",
            "collect_statistics", "LinearStats", "prune_model", "PruneReport", "LayerReport",
-           "find_blocks", "wanda_scores", "sparsegpt_prune_"]
+           "find_blocks", "wanda_scores", "wanda_prune_", "sparsegpt_prune_"]

@@ -82,12 +82,9 @@ def group_shape(group, shape) -> tuple[int, int] | None:
     return gr, gc
 
 
-def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, int]) -> torch.Tensor:
-    """The keep-mask of magnitude_mask(group=...) for (rows, cols) tiles; arguments checked."""
-    rows = tensor.shape[0] if tensor.dim() else 1
-    view = lambda x: x.reshape(rows, -1)  # noqa: E731
-    values = view(tensor.detach() if scores is None else scores)
-    keep = None if mask is None else view(mask)
+def group_counts(values: torch.Tensor, keep, amount, tile: tuple[int, int]) -> torch.Tensor:
+    """k of the grouped ops for a 2-D values: amount (a fraction, or a count per group) of each
+    tile's eligible elements, shape (R / rows, C / cols)."""
     gr, gc = tile
     size = gr * gc
     if keep is None:
@@ -108,8 +105,35 @@ def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, in
         if not 0.0 <= amount <= 1.0:
             raise ValueError(f"amount as a fraction must lie in [0, 1], got {amount}")
         k = torch.round(counts.double() * amount).long()  # half to even, as Python's round
-    k = k.reshape(values.shape[0] // gr, values.shape[1] // gc)
-    out = torch.ops.sparsedistill.select_smallest_grouped(values, keep, gr, gc, k, scores is None)
+    return k.reshape(values.shape[0] // gr, values.shape[1] // gc)
+
+
+def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, int]) -> torch.Tensor:
+    """The keep-mask of magnitude_mask(group=...) for (rows, cols) tiles; arguments checked."""
+    rows = tensor.shape[0] if tensor.dim() else 1
+    view = lambda x: x.reshape(rows, -1)  # noqa: E731
+    values = view(tensor.detach() if scores is None else scores)
+    keep = None if mask is None else view(mask)
+    k = group_counts(values, keep, amount, tile)
+    out = torch.ops.sparsedistill.select_smallest_grouped(values, keep, *tile, k, scores is None)
+    return out.view(tensor.shape)
+
+
+@torch.no_grad()
+def grouped_prune_(tensor: torch.Tensor, amount, mask, tile: tuple[int, int], col_scale=None) -> torch.Tensor:
+    """magnitude_prune_(group=...) by |tensor| (times col_scale per column of the (shape[0], -1)
+    view, float32) in one op that zeroes in its mask pass; arguments checked. Returns the mask."""
+    rows = tensor.shape[0] if tensor.dim() else 1
+    values = tensor.detach().view(rows, -1) if tensor.is_contiguous() else None
+    keep = None if mask is None else mask.reshape(rows, -1)
+    out = torch.empty((rows, tensor.numel() // max(rows, 1)), dtype=torch.bool, device=tensor.device)
+    k = group_counts(tensor.detach().reshape(rows, -1), keep, amount, tile)
+    if values is None:  # a strided weight: prune a contiguous copy, then write it back
+        values = tensor.detach().reshape(rows, -1).clone()
+        torch.ops.sparsedistill.zero_smallest_grouped(values, out, keep, *tile, k, col_scale)
+        tensor.detach().copy_(values.view(tensor.shape))
+    else:
+        torch.ops.sparsedistill.zero_smallest_grouped(values, out, keep, *tile, k, col_scale)
     return out.view(tensor.shape)
 
 
@@ -143,7 +167,9 @@ def magnitude_prune_(tensor: torch.Tensor, amount, *, scores=None, mask=None, gr
             masks=None if mask is None else [mask])[0]
     tensors, sc, ms, _, _ = check_selection_args(
         [tensor], 0, None if scores is None else [scores], None if mask is None else [mask], writes=True)
-    keep = grouped_mask(tensors[0], amount, None if sc is None else sc[0], None if ms is None else ms[0], tile)
+    if sc is None:  # by magnitude: one op that zeroes in its mask pass
+        return grouped_prune_(tensors[0], amount, None if ms is None else ms[0], tile)
+    keep = grouped_mask(tensors[0], amount, sc[0], None if ms is None else ms[0], tile)
     with torch.no_grad():
         tensor.detach().masked_fill_(~keep, 0)  # shares the version counter: autograd sees it
     return keep

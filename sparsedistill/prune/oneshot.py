@@ -28,11 +28,11 @@ from torch import nn
 
 from .calibration import (LinearStats, as_batches, eval_mode, hooks_collecting, linear_targets,
                           run_batch)
-from .magnitude import global_magnitude_prune_, magnitude_mask
+from .magnitude import global_magnitude_prune_, grouped_prune_, magnitude_mask
 from .nm import nm_mask
 from .sparsegpt import sparsegpt_prune_
 
-__all__ = ["prune_model", "PruneReport", "LayerReport", "find_blocks", "wanda_scores", "METHODS"]
+__all__ = ["prune_model", "PruneReport", "LayerReport", "find_blocks", "wanda_scores", "wanda_prune_", "METHODS"]
 
 METHODS = ("magnitude", "global_magnitude", "wanda", "sparsegpt")
 BLOCK_PATHS = ("model.layers", "model.decoder.layers", "model.model.layers", "transformer.h",
@@ -77,6 +77,23 @@ class PruneReport:
 def wanda_scores(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
     """Wanda's importance |W_ij| * ||X_j||_2 (float32)."""
     return weight.detach().float().abs() * stats.input_norms().to(weight.device, torch.float32)
+
+
+@torch.no_grad()
+def wanda_prune_(weight: torch.Tensor, stats: LinearStats, sparsity: float, *, pattern=None) -> torch.Tensor:
+    """Prunes `weight` (out x in) in place by Wanda and returns its keep-mask: in each output row
+    the `sparsity` fraction with the smallest |W_ij| * ||X_j||_2 (or, with pattern=(n, m), all
+    but the n largest of every m consecutive). Unstructured, it runs one op that ranks by |W|
+    times the column's norm and zeroes in its mask pass: no scores tensor is made."""
+    if weight.dim() != 2 or stats.sq_sum.shape != (weight.shape[1],):
+        raise ValueError(f"weight must be (out, in) with stats over its {weight.shape[-1]} inputs, got "
+                         f"weight {tuple(weight.shape)} and stats of {tuple(stats.sq_sum.shape)} features")
+    if pattern is not None:
+        keep = nm_mask(weight, *pattern, scores=wanda_scores(weight, stats))
+        weight.masked_fill_(~keep, 0)
+        return keep
+    norms = stats.input_norms().to(weight.device, torch.float32)
+    return grouped_prune_(weight, float(sparsity), None, (1, weight.shape[1]), norms)
 
 
 def find_blocks(model: nn.Module, blocks=None) -> tuple[str, list]:
@@ -178,11 +195,9 @@ def _prune_layer(name, module, method, sparsity, pattern, stats, blocksize, perc
     if method == "sparsegpt":
         return sparsegpt_prune_(w, stats.hessian, sparsity, pattern=pattern, blocksize=blocksize,
                                 percdamp=percdamp)
-    scores = wanda_scores(w, stats) if method == "wanda" else None
-    if pattern is not None:
-        keep = nm_mask(w, *pattern, scores=scores)
-    else:
-        keep = magnitude_mask(w, sparsity, scores=scores, group="row" if method == "wanda" else "tensor")
+    if method == "wanda":
+        return wanda_prune_(w, stats, sparsity, pattern=pattern)
+    keep = nm_mask(w, *pattern) if pattern is not None else magnitude_mask(w, sparsity)
     with torch.no_grad():
         w.masked_fill_(~keep, 0)
     return keep

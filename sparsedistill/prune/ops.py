@@ -53,6 +53,18 @@ def _select_smallest_grouped_fake(values, keep, group_rows, group_cols, k, magni
     return values.new_empty(values.shape, dtype=torch.bool)
 
 
+# zero_smallest_grouped: select_smallest_grouped by |values| (times col_scale[j] per column when
+# given: Wanda's |W_ij| * ||X_j|| without a scores tensor) that writes the keep-mask into `mask`
+# and zeroes the pruned values in place, in the mask pass of the native kernels.
+define("zero_smallest_grouped(Tensor(a!) values, Tensor(b!) mask, Tensor? keep, int group_rows, "
+       "int group_cols, Tensor k, Tensor? col_scale) -> ()", reference.zero_smallest_grouped)
+
+
+@torch.library.register_fake("sparsedistill::zero_smallest_grouped")
+def _zero_smallest_grouped_fake(values, mask, keep, group_rows, group_cols, k, col_scale):
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # nm_mask: N:M keep-mask along the last dim. In every group of m consecutive elements the n
 # largest keys (|value| if magnitude, else value) are kept; ties: the lower index is pruned

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .checks import (check_grouped_args, check_grouped_k, check_grouped_no_nan, check_nm_mask_args,
+from .checks import (check_grouped_args, check_zero_grouped_args, check_grouped_k, check_grouped_no_nan, check_nm_mask_args,
                      check_select_args, check_select_k, check_select_no_nan,
                      check_zero_smallest_args)
 
@@ -170,3 +170,17 @@ def sparsegpt_published(weight: torch.Tensor, hessian: torch.Tensor, sparsity: f
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
     return W
+
+
+def zero_smallest_grouped(values: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None, group_rows: int,
+                          group_cols: int, k: torch.Tensor, col_scale: torch.Tensor | None) -> None:
+    """Reference of ``sparsedistill::zero_smallest_grouped``: mask = select_smallest_grouped of
+    |values| (times col_scale[j], a float32 product, when given), and the pruned values zeroed."""
+    check_zero_grouped_args(values, mask, keep, group_rows, group_cols, k, col_scale)
+    if col_scale is None:
+        sel = select_smallest_grouped(values, keep, group_rows, group_cols, k, True)
+    else:
+        scores = values.detach().float().abs() * col_scale
+        sel = select_smallest_grouped(scores, keep, group_rows, group_cols, k, False)
+    mask.copy_(sel)
+    values.masked_fill_(~sel, 0)

@@ -106,7 +106,7 @@ def train_lm(model: nn.Module, tokens: torch.Tensor, steps: int, *, seq_len: int
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             print(f"step {step + 1}/{steps} loss {loss:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
     model.eval()

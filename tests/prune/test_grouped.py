@@ -145,3 +145,55 @@ def test_grouped_op_under_compile_and_opcheck():
     fn = torch.compile(lambda x, kk: torch.ops.sparsedistill.select_smallest_grouped(x, None, 1, 12, kk, True),
                        fullgraph=True)
     assert torch.equal(fn(v, k), torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, 12, k, True))
+
+
+@pytest.mark.parametrize("shape,tile", [((7, 12), (1, 12)), ((8, 12), (2, 3)), ((5, 9), (5, 1)), ((3, 4099), (1, 4099))])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scaled", [False, True])
+def test_zero_smallest_grouped_masks_and_zeroes(device, shape, tile, dtype, scaled):
+    gen = torch.Generator().manual_seed(7)
+    for with_keep in (False, True):
+        v, keep, k = random_case(shape, tile, dtype, device, with_keep, gen)
+        scale = (torch.rand(shape[1], generator=gen) * 2).to(device) if scaled else None
+        got_v, got_m = v.clone(), torch.empty(shape, dtype=torch.bool, device=device)
+        torch.ops.sparsedistill.zero_smallest_grouped(got_v, got_m, keep, *tile, k, scale)
+        want_v, want_m = v.clone(), torch.empty_like(got_m)
+        R.zero_smallest_grouped(want_v, want_m, keep, *tile, k, scale)
+        assert torch.equal(got_m, want_m) and torch.equal(got_v, want_v)
+        scores = v.float().abs() * scale if scaled else v
+        assert torch.equal(got_m, R.select_smallest_grouped(scores, keep, *tile, k, True))
+        assert torch.equal(got_v, v * got_m)
+
+
+@pytest.mark.parametrize("case", ["k", "nan", "scale", "mask"])
+def test_zero_smallest_grouped_rejects_without_writing(device, case):
+    v = torch.randn(4, 8, device=device)
+    m = torch.ones(4, 8, dtype=torch.bool, device=device)
+    k = torch.full((4, 1), 4, dtype=torch.int64, device=device)
+    scale = torch.ones(8, device=device)
+    if case == "k":
+        k[3, 0] = 9
+    if case == "nan":
+        v[3, 7] = float("nan")
+    if case == "scale":
+        scale = scale[:5]
+    if case == "mask":
+        m = m.float()
+    before_v, before_m = v.clone(), m.clone()
+    for fn in (R.zero_smallest_grouped, torch.ops.sparsedistill.zero_smallest_grouped):
+        with pytest.raises(ValueError):
+            fn(v, m, None, 1, 8, k, scale)
+        assert torch.equal(v, before_v, ) if case != "nan" else torch.equal(v.isnan(), before_v.isnan())
+        assert torch.equal(m, before_m)
+
+
+def test_wanda_prune_equals_scores_then_selection(device):
+    from sparsedistill.prune import LinearStats, wanda_prune_
+    w = torch.randn(16, 40, device=device)
+    stats = LinearStats(10, (torch.rand(40) * 5).to(device))
+    want = sd.magnitude_mask(w, 0.5, scores=sd.wanda_scores(w, stats), group="row")
+    w2 = w.clone()
+    keep = wanda_prune_(w2, stats, 0.5)
+    assert torch.equal(keep, want) and torch.equal(w2, w * want)
+    strided = w.t().contiguous().t()  # same values, column-major: the copy path
+    assert torch.equal(wanda_prune_(strided, stats, 0.5), want) and torch.equal(strided, w * want)

@@ -39,7 +39,8 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
 select_grouped_kernel(const scalar_t* __restrict__ x, const uint8_t* __restrict__ keep,
                       const int64_t* __restrict__ k, int64_t cols, int64_t group_rows,
-                      int64_t group_cols, int64_t grid_cols, bool magnitude, uint8_t* __restrict__ mask,
+                      int64_t group_cols, int64_t grid_cols, bool magnitude,
+                      const float* __restrict__ col_scale, uint8_t* __restrict__ mask,
                       unsigned long long* status) {
   using Scan = cub::BlockScan<int, kThreads>;
   __shared__ typename Scan::TempStorage scan;
@@ -54,7 +55,8 @@ select_grouped_kernel(const scalar_t* __restrict__ x, const uint8_t* __restrict_
   auto offset = [&](int64_t i) { return (r0 + i / group_cols) * cols + c0 + i % group_cols; };
   auto key_at = [&](int64_t i, bool* nan) -> uint32_t {
     const int64_t o = offset(i);
-    const uint32_t key = order_key(to_float(x[o]), magnitude, nan);
+    const float v = col_scale == nullptr ? to_float(x[o]) : fabsf(to_float(x[o])) * col_scale[o % cols];
+    const uint32_t key = order_key(v, magnitude || col_scale != nullptr, nan);
     return (keep == nullptr || keep[o]) ? key : kNotEligible;
   };
 
@@ -153,13 +155,14 @@ select_grouped_kernel(const scalar_t* __restrict__ x, const uint8_t* __restrict_
 template <typename scalar_t>
 cudaError_t launch_typed(const void* values, const uint8_t* keep, const int64_t* k, int64_t rows,
                          int64_t cols, int64_t group_rows, int64_t group_cols, bool magnitude,
-                         uint8_t* mask, unsigned long long* status, cudaStream_t stream) {
+                         const float* col_scale, uint8_t* mask, unsigned long long* status,
+                         cudaStream_t stream) {
   const int64_t grid_cols = cols / group_cols, tiles = (rows / group_rows) * grid_cols;
   if (tiles == 0) return cudaSuccess;
   if (tiles > 0x7fffffffLL) return cudaErrorInvalidConfiguration;
   select_grouped_kernel<scalar_t><<<static_cast<unsigned>(tiles), kThreads, 0, stream>>>(
       static_cast<const scalar_t*>(values), keep, k, cols, group_rows, group_cols, grid_cols,
-      magnitude, mask, status);
+      magnitude, col_scale, mask, status);
   return cudaGetLastError();
 }
 
@@ -167,17 +170,17 @@ cudaError_t launch_typed(const void* values, const uint8_t* keep, const int64_t*
 
 cudaError_t launch_select_grouped(const void* values, DType dtype, const uint8_t* keep,
                                   const int64_t* k, int64_t rows, int64_t cols, int64_t group_rows,
-                                  int64_t group_cols, bool magnitude, uint8_t* mask,
-                                  unsigned long long* status, cudaStream_t stream) {
+                                  int64_t group_cols, bool magnitude, const float* col_scale,
+                                  uint8_t* mask, unsigned long long* status, cudaStream_t stream) {
   switch (dtype) {
     case DType::kFloat32:
-      return launch_typed<float>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, mask, status, stream);
+      return launch_typed<float>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, col_scale, mask, status, stream);
     case DType::kBFloat16:
-      return launch_typed<__nv_bfloat16>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, mask, status, stream);
+      return launch_typed<__nv_bfloat16>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, col_scale, mask, status, stream);
     case DType::kFloat16:
-      return launch_typed<__half>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, mask, status, stream);
+      return launch_typed<__half>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, col_scale, mask, status, stream);
     case DType::kFloat64:
-      return launch_typed<double>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, mask, status, stream);
+      return launch_typed<double>(values, keep, k, rows, cols, group_rows, group_cols, magnitude, col_scale, mask, status, stream);
   }
   return cudaErrorInvalidValue;
 }
