@@ -24,13 +24,29 @@ namespace sparsedistill {
 namespace {
 
 constexpr uint32_t kNotEligible = 0xffffffffu;
+constexpr int64_t kFewCandidates = 256;  // below this many candidates, nth_element beats a pass
+
+// Whether values holds a NaN: one parallel read, no allocation (a bool tensor of values' size
+// from at::isnan would cost a fresh page per 4096 elements on a VM).
+bool has_nan(const at::Tensor& v) {
+  std::atomic<bool> found{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, v.scalar_type(), "has_nan", [&] {
+    const scalar_t* x = v.const_data_ptr<scalar_t>();
+    at::parallel_for(0, v.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+      uint32_t nan = 0;
+      for (int64_t i = b; i < e; ++i) nan |= static_cast<uint32_t>(is_nan_bits(float_bits(static_cast<float>(x[i]))));
+      if (nan) found = true;
+    });
+  });
+  return found.load();
+}
 
 // The rank-th smallest (1-based) of keys[0, n), rank in [1, n]; *below = how many keys are
-// strictly smaller. tmp: scratch of at least n keys.
+// strictly smaller, *equal how many equal it. tmp: scratch of at least n keys.
 uint32_t kth_key(const uint32_t* keys, int64_t n, int64_t rank, std::vector<uint32_t>& tmp,
-                 int64_t* below) {
+                 int64_t* below, int64_t* equal) {
   static constexpr int kShift[3] = {21, 10, 0}, kBits[3] = {11, 11, 10};
-  int64_t hist[1 << 11];
+  int32_t hist[1 << 11];
   uint32_t prefix = 0;
   int64_t smaller = 0, count = n;
   const uint32_t* src = keys;
@@ -46,7 +62,10 @@ uint32_t kth_key(const uint32_t* keys, int64_t n, int64_t rank, std::vector<uint
       smaller += hist[b];
     }
     prefix |= static_cast<uint32_t>(b) << shift;
-    if (pass == 2) break;
+    if (pass == 2) {
+      *equal = hist[b];
+      break;
+    }
     // Keep only the candidates whose digit is b (they share every higher digit already).
     int64_t m = 0;
     uint32_t* dst = tmp.data();
@@ -57,6 +76,19 @@ uint32_t kth_key(const uint32_t* keys, int64_t n, int64_t rank, std::vector<uint
     }
     src = dst;
     count = m;
+    if (count <= kFewCandidates) {  // few left (the usual case after the top 11 bits): select them
+      uint32_t* c = tmp.data();
+      std::nth_element(c, c + (rank - 1), c + count);
+      const uint32_t key = c[rank - 1];
+      int64_t same = 0;
+      for (int64_t i = 0; i < count; ++i) {
+        smaller += c[i] < key;
+        same += c[i] == key;
+      }
+      *below = smaller;
+      *equal = same;
+      return key;
+    }
   }
   *below = smaller;
   return prefix;
@@ -122,17 +154,23 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         }
         // Threshold: prune every key < K and the first `ties` keys == K (tile order).
         uint32_t K = 0;
-        int64_t ties = 0;
+        int64_t ties = 0, equal = 0;
         if (want > 0) {
           int64_t below = 0;
-          K = kth_key(keys.data(), tile, want, tmp, &below);
+          K = kth_key(keys.data(), tile, want, tmp, &below, &equal);
           ties = want - below;
         }
+        // Every key == K goes (the usual case: no tie at the threshold): one compare, no scan.
+        const bool all_ties = want > 0 && ties == equal;
         for (int64_t r = 0; r < group_rows; ++r) {
           const int64_t base = (r0 + r) * cols + c0;
           bool* out = mp + base;
           const uint32_t* kr = keys.data() + r * group_cols;
           // Branch-free for the keys off the threshold; the ties (== K) in tile order after.
+          if (all_ties) {
+            for (int64_t c = 0; c < group_cols; ++c) out[c] = kr[c] > K && kr[c] != kNotEligible;
+            continue;
+          }
           for (int64_t c = 0; c < group_cols; ++c) out[c] = kr[c] >= K && kr[c] != kNotEligible;
           if (want == 0) continue;
           for (int64_t c = 0; c < group_cols && ties > 0; ++c) {
@@ -145,9 +183,13 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         if (zero) {  // pruned and not-eligible elements, as the reference's masked_fill_
           for (int64_t r = 0; r < group_rows; ++r) {
             const int64_t base = (r0 + r) * cols + c0;
-            const bool* out = mp + base;
-            for (int64_t c = 0; c < group_cols; ++c)
-              x[base + c] = out[c] ? x[base + c] : static_cast<scalar_t>(0);
+            const uint8_t* __restrict__ out = reinterpret_cast<const uint8_t*>(mp + base);
+            scalar_t* __restrict__ xr = x + base;
+            const scalar_t zero_value(0);
+            for (int64_t c = 0; c < group_cols; ++c) {
+              const scalar_t v = xr[c];
+              xr[c] = out[c] ? v : zero_value;  // restrict: the mask is not the weights, so it vectorises
+            }
           }
         }
       }
@@ -207,7 +249,7 @@ void zero_smallest_grouped_cpu(const at::Tensor& values, const at::Tensor& mask,
     const int64_t n = tile_eligible(ep, g, values.size(1), group_rows, group_cols);
     if (kp[g] < 0 || kp[g] > n) check_grouped_k(0, g, n, kp[g]);
   }
-  check_grouped_no_nan(at::isnan(values).any().item<bool>());
+  check_grouped_no_nan(has_nan(values.contiguous()));
   const at::Tensor scale = col_scale.has_value() ? col_scale->contiguous() : at::Tensor();
   const bool direct = values.is_contiguous() && mask.is_contiguous();
   at::Tensor v = direct ? values : values.contiguous();
