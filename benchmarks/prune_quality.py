@@ -14,33 +14,14 @@ import argparse
 import copy
 import json
 import os
-import platform
-import subprocess
 import time
 
 import torch
 
+from . import _common as C
+
 CASES = [("50%", 0.5, None), ("70%", 0.7, None), ("2:4", None, (2, 4))]
 METHODS = ["magnitude", "global_magnitude", "wanda", "sparsegpt"]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__)).stdout.strip() or "unknown"
-    except OSError:
-        return "unknown"
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -90,15 +71,16 @@ def main(argv=None) -> int:
                   f"sparsity {report.sparsity:.3f}, {secs:.1f} s", flush=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     os.makedirs(args.out, exist_ok=True)
-    meta = dict(machine=cpu_name(), torch=torch.__version__, threads=torch.get_num_threads(),
-                commit=git_commit(), steps=args.steps, config=cfg.__dict__, dense_ppl=dense_ppl,
+    meta = dict(machine=C.cpu_model(), torch=torch.__version__, threads=torch.get_num_threads(),
+                commit=C.git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))[:12],
+                steps=args.steps, config=cfg.__dict__, dense_ppl=dense_ppl,
                 calibration=f"{len(calib) * 8} sequences of {args.seq - 1} tokens from the training split",
                 train_tokens=train_ids.numel(), val_tokens=val_ids.numel(), train_s=train_s)
     base = os.path.join(args.out, f"{stamp}_prune_quality{'_tiny' if args.tiny else ''}")
     with open(base + ".json", "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     by = {(r["case"], r["method"]): r for r in rows}
-    lines = [f"# One-shot pruning quality: TinyLM on the Python standard library's source",
+    lines = ["# One-shot pruning quality: TinyLM on the Python standard library's source",
              "",
              f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, git {meta['commit']}. "
              f"Model {cfg.n_layers} layers x d {cfg.d_model} (ff {cfg.d_ff}, vocab {cfg.vocab_size}, "

@@ -101,8 +101,8 @@ inline void check_grouped_args(const at::Tensor& values, const std::optional<at:
                ") (one count per group) on the device of values");
 }
 
-inline void check_grouped_k(int64_t k_bad, int64_t group, int64_t eligible, int64_t k) {
-  SD_CHECK_ARG(k_bad < 0, "k[", group, "] (flat group index) must lie in [0, ", eligible,
+inline void check_grouped_k(int64_t group, int64_t eligible, int64_t k) {
+  SD_CHECK_ARG(k >= 0 && k <= eligible, "k[", group, "] (flat group index) must lie in [0, ", eligible,
                "] (the eligible elements of the group), got ", k);
 }
 

@@ -224,7 +224,7 @@ at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::opti
                                    magnitude, nullptr, false, mask.mutable_data_ptr<bool>(), &nan);
   // Errors as the reference orders them: the first tile with a bad k, else NaN anywhere.
   if (bad >= 0)
-    check_grouped_k(0, bad, tile_eligible(ep, bad, v.size(1), group_rows, group_cols),
+    check_grouped_k(bad, tile_eligible(ep, bad, v.size(1), group_rows, group_cols),
                     kc.const_data_ptr<int64_t>()[bad]);
   check_grouped_no_nan(nan);
   return mask;
@@ -244,11 +244,8 @@ void zero_smallest_grouped_cpu(const at::Tensor& values, const at::Tensor& mask,
   const bool* ep = eligible.defined() ? eligible.const_data_ptr<bool>() : nullptr;
   const int64_t* kp = kc.const_data_ptr<int64_t>();
   const int64_t tile = group_rows * group_cols;
-  for (int64_t g = 0; g < kc.numel(); ++g) {
-    if (kp[g] >= 0 && kp[g] <= tile && !ep) continue;
-    const int64_t n = tile_eligible(ep, g, values.size(1), group_rows, group_cols);
-    if (kp[g] < 0 || kp[g] > n) check_grouped_k(0, g, n, kp[g]);
-  }
+  for (int64_t g = 0; g < kc.numel(); ++g)
+    check_grouped_k(g, ep ? tile_eligible(ep, g, values.size(1), group_rows, group_cols) : tile, kp[g]);
   check_grouped_no_nan(has_nan(values.contiguous()));
   const at::Tensor scale = col_scale.has_value() ? col_scale->contiguous() : at::Tensor();
   const bool direct = values.is_contiguous() && mask.is_contiguous();

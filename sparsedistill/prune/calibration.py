@@ -26,6 +26,13 @@ class LinearStats:
     sq_sum: torch.Tensor                 # (in_features,): sum over rows of x_j^2
     hessian: torch.Tensor | None = None  # (in_features, in_features): sum over rows of x x^T
 
+    @classmethod
+    def zeros(cls, linear: nn.Linear, hessian: bool, dtype: torch.dtype) -> "LinearStats":
+        """Empty statistics for `linear`'s inputs, on its device."""
+        opts = dict(dtype=dtype, device=linear.weight.device)
+        n = linear.in_features
+        return cls(0, torch.zeros(n, **opts), torch.zeros(n, n, **opts) if hessian else None)
+
     def input_norms(self) -> torch.Tensor:
         """||X_j||_2 per input feature (Wanda's activation norm)."""
         return self.sq_sum.sqrt()
@@ -107,11 +114,7 @@ def collect_statistics(model: nn.Module, calibration: Iterable, targets=None, *,
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     layers = linear_targets(model, targets)
     batches = as_batches(calibration)
-    stats = {}
-    for name, m in layers.items():
-        opts = dict(dtype=dtype, device=m.weight.device)
-        stats[name] = LinearStats(0, torch.zeros(m.in_features, **opts),
-                                  torch.zeros(m.in_features, m.in_features, **opts) if hessian else None)
+    stats = {name: LinearStats.zeros(m, hessian, dtype) for name, m in layers.items()}
     with hooks_collecting(layers, stats), eval_mode(model):
         for batch in batches:
             run_batch(model, batch)

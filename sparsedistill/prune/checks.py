@@ -231,9 +231,9 @@ def check_grouped_args(values: torch.Tensor, keep, group_rows: int, group_cols: 
              ") (one count per group) on the device of values")
 
 
-def check_grouped_k(k_bad: int, group: int, eligible: int, k: int) -> None:
-    """The first group (flat index) whose k is outside [0, its eligible elements], if any (-1: none)."""
-    op_check(k_bad < 0, ValueError, "k[", group, "] (flat group index) must lie in [0, ", eligible,
+def check_grouped_k(group: int, eligible: int, k: int) -> None:
+    """k of one group (flat index) must lie in [0, its eligible elements]."""
+    op_check(0 <= k <= eligible, ValueError, "k[", group, "] (flat group index) must lie in [0, ", eligible,
              "] (the eligible elements of the group), got ", k)
 
 

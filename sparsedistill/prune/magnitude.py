@@ -12,6 +12,8 @@ select_smallest_grouped; every group prunes `amount` of its own (remaining) weig
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -55,27 +57,17 @@ def global_magnitude_prune_(tensors: Sequence[torch.Tensor], amount, *, scores=N
 def group_shape(group, shape) -> tuple[int, int] | None:
     """`group` of magnitude_mask as (rows, cols) tiles of the tensor viewed as (shape[0], -1), or
     None for "tensor" (one threshold for the whole tensor)."""
-    if isinstance(group, str):
-        if group == "tensor":
-            return None
+    if isinstance(group, str) and group == "tensor":
+        return None
+    rows = shape[0] if len(shape) else 1
+    cols = math.prod(shape[1:])
+    if group in ("row", "column"):
         if len(shape) == 0:
             raise ValueError(f"group={group!r} needs a tensor with at least one dim, got a 0-d tensor")
-        rows = shape[0]
-        cols = 1
-        for n in shape[1:]:
-            cols *= n
-        if group == "row":
-            return 1, cols
-        if group == "column":
-            return rows, 1
-        raise ValueError(f"group must be 'tensor', 'row', 'column' or a (rows, cols) tile, got {group!r}")
-    if not isinstance(group, (tuple, list)) or len(group) != 2:
+        return (1, cols) if group == "row" else (rows, 1)
+    if isinstance(group, str) or not isinstance(group, (tuple, list)) or len(group) != 2:
         raise ValueError(f"group must be 'tensor', 'row', 'column' or a (rows, cols) tile, got {group!r}")
     gr, gc = (check_int(f"group[{i}]", g, low=1) for i, g in enumerate(group))
-    rows = shape[0] if len(shape) else 1
-    cols = 1
-    for n in shape[1:]:
-        cols *= n
     if rows % gr or cols % gc:
         raise ValueError(f"group tiles of {gr} x {gc} must tile the tensor viewed as ({rows}, {cols}) "
                          "(its first dim by the rest) exactly")
@@ -92,14 +84,14 @@ def group_counts(values: torch.Tensor, keep, amount, tile: tuple[int, int]) -> t
                             dtype=torch.int64, device=values.device)
     else:
         counts = group_view(keep, gr, gc).sum(1)
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)) and not hasattr(amount, "__float__"):
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise TypeError(f"amount must be a float fraction in [0, 1] or an int count, got {amount!r}")
-    if isinstance(amount, int):
+    if isinstance(amount, numbers.Integral):
         least = int(counts.min()) if counts.numel() else 0
         if not 0 <= amount <= least:
             raise ValueError(f"amount as a count per group must lie in [0, {least}] (the fewest "
                              f"prunable elements of a group), got {amount}")
-        k = torch.full_like(counts, amount)
+        k = torch.full_like(counts, int(amount))
     else:
         amount = float(amount)
         if not 0.0 <= amount <= 1.0:
@@ -137,6 +129,18 @@ def grouped_prune_(tensor: torch.Tensor, amount, mask, tile: tuple[int, int], co
     return out.view(tensor.shape)
 
 
+def _one_tensor_args(tensor, scores, mask, group, writes: bool):
+    """(tile or None, tensor, [scores] or None, [mask] or None) of the one-tensor functions;
+    with a group, the tensor's arguments are checked here (without one, by the global form)."""
+    scores = None if scores is None else [scores]
+    mask = None if mask is None else [mask]
+    tile = group_shape(group, tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else None
+    if tile is not None:
+        tensors, scores, mask, _, _ = check_selection_args([tensor], 0, scores, mask, writes=writes)
+        tensor = tensors[0]
+    return tile, tensor, scores, mask
+
+
 def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None, group="tensor") -> torch.Tensor:
     """Bool keep-mask that prunes `amount` (fraction or count) of `tensor` by magnitude (or by
     `scores`, e.g. |W| * ||X|| as in Wanda). With an existing `mask`, `amount` applies to the
@@ -147,29 +151,21 @@ def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None, grou
     comparison group of Wanda); "column": each column of the tensor viewed as (shape[0], -1);
     (rows, cols): tiles of that view. A fraction applies to each group's own elements (rounded
     per group), an int count to each group."""
-    tile = group_shape(group, tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else None
+    tile, tensor, scores, mask = _one_tensor_args(tensor, scores, mask, group, writes=False)
     if tile is None:
-        return global_magnitude_masks(
-            [tensor], amount, scores=None if scores is None else [scores],
-            masks=None if mask is None else [mask])[0]
-    tensors, sc, ms, _, _ = check_selection_args(
-        [tensor], 0, None if scores is None else [scores], None if mask is None else [mask])
-    return grouped_mask(tensors[0], amount, None if sc is None else sc[0], None if ms is None else ms[0], tile)
+        return global_magnitude_masks([tensor], amount, scores=scores, masks=mask)[0]
+    return grouped_mask(tensor, amount, scores and scores[0], mask and mask[0], tile)
 
 
 def magnitude_prune_(tensor: torch.Tensor, amount, *, scores=None, mask=None, group="tensor") -> torch.Tensor:
     """Zeroes the pruned weights of `tensor` in place and returns the keep-mask (`group` as in
     magnitude_mask). Nothing is modified if an argument is rejected."""
-    tile = group_shape(group, tuple(tensor.shape)) if isinstance(tensor, torch.Tensor) else None
+    tile, tensor, scores, mask = _one_tensor_args(tensor, scores, mask, group, writes=True)
     if tile is None:
-        return global_magnitude_prune_(
-            [tensor], amount, scores=None if scores is None else [scores],
-            masks=None if mask is None else [mask])[0]
-    tensors, sc, ms, _, _ = check_selection_args(
-        [tensor], 0, None if scores is None else [scores], None if mask is None else [mask], writes=True)
-    if sc is None:  # by magnitude: one op that zeroes in its mask pass
-        return grouped_prune_(tensors[0], amount, None if ms is None else ms[0], tile)
-    keep = grouped_mask(tensors[0], amount, sc[0], None if ms is None else ms[0], tile)
+        return global_magnitude_prune_([tensor], amount, scores=scores, masks=mask)[0]
+    if scores is None:  # by magnitude: one op that zeroes in its mask pass
+        return grouped_prune_(tensor, amount, mask and mask[0], tile)
+    keep = grouped_mask(tensor, amount, scores[0], mask and mask[0], tile)
     with torch.no_grad():
         tensor.detach().masked_fill_(~keep, 0)  # shares the version counter: autograd sees it
     return keep

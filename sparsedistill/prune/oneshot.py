@@ -204,17 +204,20 @@ def _prune_layer(name, module, method, sparsity, pattern, stats, blocksize, perc
 
 
 class _ErrorMeter:
-    """Forward pre-hooks adding ||x (W - W')^T||^2 and ||x W^T||^2 for each layer."""
+    """Forward pre-hooks adding ||x (W - W')^T||^2 and ||x W^T||^2 for each layer (the layers'
+    weights are not changed while it is entered)."""
 
     def __init__(self, layers: dict, originals: dict):
         self.layers, self.originals, self.sums, self.handles = layers, originals, {}, []
 
     def __enter__(self):
         for name, m in self.layers.items():
-            def hook(mod, args, name=name):
+            w0 = self.originals[name].float()
+            delta = w0 - m.weight.detach().float()  # once per layer, not per batch
+
+            def hook(mod, args, name=name, w0=w0, delta=delta):
                 x = args[0].detach().reshape(-1, mod.in_features).float()
-                w0 = self.originals[name].float()
-                diff = (x @ (w0 - mod.weight.detach().float()).t()).square().sum()
+                diff = (x @ delta.t()).square().sum()
                 ref = (x @ w0.t()).square().sum()
                 num, den = self.sums.get(name, (0.0, 0.0))
                 self.sums[name] = (num + float(diff), den + float(ref))
@@ -268,13 +271,7 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
     hessian = method == "sparsegpt"
 
     def new_stats(names):
-        out = {}
-        for n in names:
-            m = layers[n]
-            opts = dict(dtype=hessian_dtype, device=m.weight.device)
-            out[n] = LinearStats(0, torch.zeros(m.in_features, **opts),
-                                 torch.zeros(m.in_features, m.in_features, **opts) if hessian else None)
-        return out
+        return {n: LinearStats.zeros(layers[n], hessian, hessian_dtype) for n in names}
 
     def prune_group(names, stats):
         originals = {n: layers[n].weight.detach().clone() for n in names}
@@ -299,7 +296,8 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
             return report
         inputs = _capture_block_inputs(model, block_list[0], batches)
         for block in block_list:
-            group = {n: m for n, m in layers.items() if any(m is x for x in block.modules())}
+            inside = {id(x) for x in block.modules()}
+            group = {n: m for n, m in layers.items() if id(m) in inside}
             stats = new_stats(group)
             with hooks_collecting(group, stats):
                 for args, kwargs in inputs:

@@ -102,7 +102,7 @@ def select_smallest_grouped(values: torch.Tensor, keep: torch.Tensor | None, gro
     bad = ((kf < 0) | (kf > counts)).nonzero()
     if bad.numel():
         g = int(bad[0])
-        check_grouped_k(0, g, int(counts[g]), int(kf[g]))
+        check_grouped_k(g, int(counts[g]), int(kf[g]))
     check_grouped_no_nan(bool(torch.isnan(values).any()))
     keys = group_view(order_keys(values, magnitude).view(values.shape), group_rows, group_cols)
     keys = torch.where(eg, keys, torch.full_like(keys, 1 << 33))  # not eligible: ranked last

@@ -197,3 +197,11 @@ def test_wanda_prune_equals_scores_then_selection(device):
     assert torch.equal(keep, want) and torch.equal(w2, w * want)
     strided = w.t().contiguous().t()  # same values, column-major: the copy path
     assert torch.equal(wanda_prune_(strided, stats, 0.5), want) and torch.equal(strided, w * want)
+
+
+def test_zero_smallest_grouped_opcheck():
+    v = torch.randn(6, 10)
+    k = torch.full((6, 1), 4, dtype=torch.int64)
+    args = (v, torch.empty(6, 10, dtype=torch.bool), None, 1, 10, k, torch.rand(10))
+    torch.library.opcheck(torch.ops.sparsedistill.zero_smallest_grouped.default, args,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))

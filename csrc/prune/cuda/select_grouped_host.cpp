@@ -41,7 +41,7 @@ at::Tensor grouped_mask_cuda(const at::Tensor& values, const std::optional<at::T
     const int64_t r0 = (bad / grid_cols) * group_rows, c0 = (bad % grid_cols) * group_cols;
     const int64_t eligible = e.defined() ? e.narrow(0, r0, group_rows).narrow(1, c0, group_cols).sum().item<int64_t>()
                                          : group_rows * group_cols;
-    check_grouped_k(0, bad, eligible, kc.view(-1)[bad].item<int64_t>());
+    check_grouped_k(bad, eligible, kc.view(-1)[bad].item<int64_t>());
   }
   check_grouped_no_nan(host.const_data_ptr<int64_t>()[1] != 0);
   return mask;
