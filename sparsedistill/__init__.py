@@ -23,7 +23,10 @@ from .prune import (  # noqa: E402
     shrink_conv_pair, shrink_dead_units_, shrink_linear_pair, shrink_mlp_, structured_mask,
     to_semi_structured, collect_statistics, prune_model, sparsegpt_prune_, wanda_prune_, wanda_scores,
 )
-from .sparse import SparseLinear, SparseWeight, SparsifyReport, sparse_linear, sparsify  # noqa: E402
+from .sparse import (  # noqa: E402
+    SparseLinear, SparseWeight, SparsifyPlan, SparsifyReport, apply_plan, from_pretrained,
+    save_pretrained, sparse_linear, sparsify,
+)
 from .train import MaskedPruner, cpu_latency_ms, evaluate, fit_distill, model_stats, train_hard_labels  # noqa: E402
 
 __version__ = "0.1.0"
@@ -35,7 +38,8 @@ __all__ = [
     "shrink_linear_pair", "shrink_conv_pair", "shrink_mlp_", "shrink_dead_units_",
     "cubic_sparsity_schedule", "CubicSparsitySchedule",
     "collect_statistics", "prune_model", "sparsegpt_prune_", "wanda_prune_", "wanda_scores",
-    "SparseWeight", "sparse_linear", "SparseLinear", "sparsify", "SparsifyReport",
+    "SparseWeight", "sparse_linear", "SparseLinear", "sparsify", "SparsifyReport", "SparsifyPlan",
+    "apply_plan", "save_pretrained", "from_pretrained",
     "MaskedPruner", "fit_distill", "train_hard_labels", "evaluate", "model_stats", "cpu_latency_ms",
     "prune", "distill", "sparse", "train", "backend_info", "__version__",
 ]

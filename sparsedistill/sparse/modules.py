@@ -1,19 +1,16 @@
-"""SparseLinear, an nn.Linear whose weight is stored compressed (SparseWeight), and
-sparsify(model), which swaps in SparseLinear wherever the sparse kernel is measured faster."""
+"""SparseLinear, an nn.Linear whose weight is stored compressed (SparseWeight)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .._timing import median_ms
 from .checks import Stamp, validate_structure
 from .weight import SparseWeight, sparse_linear
 
 _STRUCTURE = ("row_ptr", "col_idx", "row_order")
+_SPARSE_LINEAR = torch.ops.sparsedistill.sparse_linear.default
 
 
 class SparseLinear(nn.Module):
@@ -24,7 +21,12 @@ class SparseLinear(nn.Module):
     The structure is validated whenever it changed (a buffer replaced or written in place,
     a load): the kernels read it unchecked, so a malformed one raises before any kernel runs.
     A load is all or nothing: a checkpoint with a missing, extra-sized or malformed structure
-    part leaves the module unchanged."""
+    part leaves the module unchanged.
+
+    In a state_dict the nonzero values are stored under ``weight`` (1-D, nnz), so that loading
+    a sparse checkpoint into a dense nn.Linear fails on the shape, loudly (in load_state_dict
+    and in Hugging Face's from_pretrained), instead of leaving the dense weight to be
+    re-initialised; ``values`` is accepted on load as well."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  device=None, dtype=None):
@@ -105,23 +107,43 @@ class SparseLinear(nn.Module):
         return self.sparse_weight.density
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        # The op checks dtypes and devices itself; only the layout is handled here, so that a
-        # small layer is not dominated by Python (see sparse_linear for the checked path).
-        self._ensure_valid()
-        if input.dim() >= 2 and input.shape[-1] == self.in_features:
-            lead = input.shape[:-1]
-            x = input if input.dim() == 2 else input.reshape(math.prod(lead), self.in_features)
-            y = torch.ops.sparsedistill.sparse_linear(
-                x, self.values, self.row_ptr, self.col_idx, self.row_order, self.in_features, self.bias)
-            return y if input.dim() == 2 else y.reshape(*lead, self.out_features)
+        # The op checks dtypes and devices itself; only the layout is handled here, and the
+        # tensors are read from the module's dicts once, so that a small layer in a transformer
+        # (one sentence: ~20 rows) is not dominated by Python. Any (..., in_features) input is
+        # flattened to 2-D once; sparse_linear is the fully checked path for anything else.
+        params, buffers = self._parameters, self._buffers
+        values, row_ptr, col_idx, row_order = (params["values"], buffers["row_ptr"],
+                                               buffers["col_idx"], buffers["row_order"])
+        if not torch.compiler.is_compiling() and not self._stamp.matches(
+                values, row_ptr, col_idx, row_order, self.in_features):
+            self._ensure_valid()
+        shape = input.shape
+        if len(shape) >= 2 and shape[-1] == self.in_features:
+            x = input if len(shape) == 2 else input.reshape(-1, shape[-1])
+            y = _SPARSE_LINEAR(x, values, row_ptr, col_idx, row_order, self.in_features, params.get("bias"))
+            return y if len(shape) == 2 else y.view(*shape[:-1], y.shape[-1])
         return sparse_linear(input, self.sparse_weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, nnz={self.nnz}, density={self.density:.4f}")
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = destination.pop(prefix + "values")
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        # The values come as "weight" (what _save_to_state_dict writes) or "values"; only this
+        # module's keys, with the values renamed, go on to the default copy.
+        mine = {k: v for k, v in state_dict.items() if k.startswith(prefix) and "." not in k[len(prefix):]}
+        if prefix + "weight" in mine:
+            if prefix + "values" in mine:
+                error_msgs.append(f"{prefix.rstrip('.') or type(self).__name__}: the checkpoint holds "
+                                  "both weight and values; the module was left unchanged")
+                return
+            mine[prefix + "values"] = mine.pop(prefix + "weight")
+        state_dict = mine
         # The nonzero count is data: the incoming structure is checked whole first, then its
         # sizes (and index dtype) are adopted, then the default copy runs. Any problem (a
         # missing part, a malformed one) leaves the module as it was.
@@ -169,78 +191,3 @@ class SparseLinear(nn.Module):
                 self.register_buffer(name, old[name])
             return
         self._restamp()  # copied from a structure validated just above
-
-
-@dataclass
-class SparsifyDecision:
-    name: str
-    shape: tuple
-    sparsity: float
-    dense_ms: float | None
-    sparse_ms: float | None
-    replaced: bool
-    reason: str
-
-
-@dataclass
-class SparsifyReport:
-    decisions: list = field(default_factory=list)
-
-    @property
-    def replaced(self) -> list:
-        return [d.name for d in self.decisions if d.replaced]
-
-    def __str__(self) -> str:
-        lines = [f"{'layer':<30} {'shape':>14} {'sparsity':>8} {'dense ms':>9} {'sparse ms':>9}  decision"]
-        for d in self.decisions:
-            fmt = lambda t: f"{t:9.3f}" if t is not None else f"{'-':>9}"
-            lines.append(f"{d.name:<30} {str(d.shape):>14} {d.sparsity:8.3f} {fmt(d.dense_ms)} "
-                         f"{fmt(d.sparse_ms)}  {'sparse' if d.replaced else 'dense'}: {d.reason}")
-        return "\n".join(lines)
-
-
-@torch.no_grad()
-def _time_pair(linear: nn.Linear, sparse: SparseLinear, batch_size: int, reps: int):
-    w = linear.weight
-    x = torch.randn(batch_size, linear.in_features, device=w.device, dtype=w.dtype)
-    device = w.device.type
-    return (median_ms(lambda: F.linear(x, w, linear.bias), reps, device),
-            median_ms(lambda: sparse(x), reps, device))
-
-
-def sparsify(model: nn.Module, *, min_sparsity: float = 0.5, batch_size: int = 1,
-             reps: int = 7, measure: bool = True) -> SparsifyReport:
-    """Replaces, in place, every nn.Linear whose weight is at least `min_sparsity` zeros and
-    whose SparseLinear runs faster than the dense layer, timed on this device at `batch_size`
-    rows (the crossover is measured per layer, not guessed). With measure=False every layer
-    above min_sparsity is replaced. Returns a report of each decision and why."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"min_sparsity must lie in [0, 1], got {min_sparsity}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    report = SparsifyReport()
-    targets = [(name, m) for name, m in model.named_modules() if type(m) is nn.Linear]
-    for name, linear in targets:
-        w = linear.weight.detach()
-        sparsity = 1.0 - int(torch.count_nonzero(w)) / w.numel() if w.numel() else 0.0
-        decision = SparsifyDecision(name, tuple(w.shape), sparsity, None, None, False, "")
-        report.decisions.append(decision)
-        if sparsity < min_sparsity:
-            decision.reason = f"sparsity {sparsity:.3f} < min_sparsity {min_sparsity}"
-            continue
-        sparse = SparseLinear.from_linear(linear)
-        if measure:
-            decision.dense_ms, decision.sparse_ms = _time_pair(linear, sparse, batch_size, reps)
-            if decision.sparse_ms >= decision.dense_ms:
-                decision.reason = f"dense is faster at batch {batch_size}"
-                continue
-            decision.reason = f"{decision.dense_ms / decision.sparse_ms:.2f}x faster at batch {batch_size}"
-        else:
-            decision.reason = "measure=False"
-        sparse.train(linear.training)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, sparse)
-        decision.replaced = True
-    return report

@@ -98,6 +98,7 @@ class SparseWeight:
         return self.values.element_size() + self.col_idx.element_size()
 
     @classmethod
+    @torch.inference_mode(False)  # inference tensors have no version counter for the stamp
     def empty(cls, out_features: int, in_features: int, *, device=None,
               dtype=torch.float32) -> "SparseWeight":
         """An all-zero weight (no nonzeros), without materialising the dense shape."""
@@ -107,6 +108,7 @@ class SparseWeight:
                             torch.arange(out_features, dtype=torch.int32, device=device), in_features)
 
     @classmethod
+    @torch.inference_mode(False)
     def from_dense(cls, weight: torch.Tensor) -> "SparseWeight":
         """Keeps the nonzeros of a 2-D floating-point weight (NaN counts as nonzero)."""
         if not isinstance(weight, torch.Tensor):
@@ -144,6 +146,7 @@ class SparseWeight:
                                            self.values.detach(), size=self.shape,
                                            check_invariants=False)  # validate() checks the structure
 
+    @torch.inference_mode(False)
     def to(self, *args, **kwargs) -> "SparseWeight":
         """Moves to a device and/or casts the values to a dtype (indices keep theirs)."""
         self.ensure_valid()
