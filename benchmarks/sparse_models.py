@@ -107,6 +107,24 @@ def case(kind, sparsity, dtype, batch, quick):
                 kept_dense_reasons=sorted({d.reason.split(" at ")[0] for d in report.decisions if not d.replaced})[:3])
 
 
+def stability(quick: bool, runs: int = 3) -> list:
+    """The same sparsify call repeated (issue 16 saw 0, 2 or 3 layers of a 70% BERT replaced
+    in three runs at 1 row, 8, 10 or 11 at 640 rows): the layers replaced in each run."""
+    import sparsedistill as sd
+    torch.manual_seed(0)
+    dense, _ = build("bert", quick)
+    prune_linears_(dense, 0.7)
+    out = []
+    for rows in (1, 20, 640):
+        counts = []
+        for _ in range(runs):
+            m = copy.deepcopy(dense).eval()
+            counts.append(len(sd.sparsify(m, batch_size=rows).replaced))
+        out.append(dict(rows=rows, replaced=counts))
+        print(f"stability at {rows} rows: {counts}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer layers and repeats: a plumbing check")
@@ -125,13 +143,14 @@ def main(argv=None) -> int:
                           f"sparsify {r['sparsify_ms']:.2f} ({r['sparsify_speedup']:.2f}x, "
                           f"{r['replaced']}/{r['linears']} layers), all {r['all_ms']:.2f} "
                           f"({r['all_speedup']:.2f}x)", flush=True)
+    stable = stability(args.quick)
     info = dict(machine=C.cpu_model(), torch=torch.__version__, threads=args.threads,
                 commit=C.git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = os.path.join(args.out, f"{stamp}_sparse_models_cpu{'_quick' if args.quick else ''}")
     os.makedirs(args.out, exist_ok=True)
     with open(base + ".json", "w") as f:
-        json.dump(dict(info=info, rows=rows), f, indent=1)
+        json.dump(dict(info=info, rows=rows, stability=stable), f, indent=1)
     lines = [f"# Sparsified transformers end to end (CPU{', quick' if args.quick else ''})", "",
              f"{info['machine']}, torch {info['torch']}, {info['threads']} thread(s), git {info['commit']}; "
              f"forward under inference_mode, {SEQ_LEN}-token sequences, median ms of interleaved calls.", "",
@@ -152,6 +171,8 @@ def main(argv=None) -> int:
         lines += ["", f"Target (BERT, 90%, float32, one sequence): >= 2.5x end to end, sparsify default within "
                   f"5% of the best: **{t['sparsify_speedup']:.2f}x**, sparsify/best {t['sparsify_vs_best']:.3f} "
                   f"({'met' if t['sparsify_speedup'] >= 2.5 and t['sparsify_vs_best'] <= 1.05 else 'missed'})."]
+    lines += ["", "Decision stability: the same `sparsify` call on the 70% BERT (float32), three runs, "
+              "layers replaced: " + "; ".join(f"{r['rows']} rows: {r['replaced']}" for r in stable) + "."]
     lines += ["", "Why layers stayed dense (sparsify's words, per case): "]
     lines += [f"- {r['model']} {r['sparsity']:.0%} {r['dtype']} x{r['sequences']}: "
               + ("; ".join(r["kept_dense_reasons"]) or "-") for r in rows]

@@ -119,7 +119,7 @@ class SparseLinear(nn.Module):
             self._ensure_valid()
         shape = input.shape
         if len(shape) >= 2 and shape[-1] == self.in_features:
-            x = input if len(shape) == 2 else input.reshape(-1, shape[-1])
+            x = input if len(shape) == 2 else input.reshape(math.prod(shape[:-1]), shape[-1])
             y = _SPARSE_LINEAR(x, values, row_ptr, col_idx, row_order, self.in_features, params.get("bias"))
             return y if len(shape) == 2 else y.view(*shape[:-1], y.shape[-1])
         return sparse_linear(input, self.sparse_weight, self.bias)

@@ -27,13 +27,7 @@ class SparsifyDecision:
     sparse_ms: float | None
     replaced: bool
     reason: str
-
-    @property
-    def speedup(self) -> float | None:
-        """dense time / sparse time (median of interleaved pairs), when timed."""
-        if self.dense_ms is None or not self.sparse_ms:
-            return None
-        return self.dense_ms / self.sparse_ms
+    speedup: float | None = None  # median over interleaved pairs of dense time / sparse time
 
 
 @dataclass
@@ -188,7 +182,7 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def sparsify(model: nn.Module, *, min_sparsity: float = 0.5, batch_size: int = 1, seq_len: int = 1,
              example_inputs=None, include=None, exclude=None, measure: bool = True,
-             margin: float = 0.03, min_time_s: float = 0.04) -> SparsifyReport:
+             margin: float = 0.03, reps: int = 15, min_time_s: float = 0.04) -> SparsifyReport:
     """Replaces, in place, each nn.Linear of `model` that passes the filters, is at least
     `min_sparsity` zeros, and whose SparseLinear is measured faster than the dense layer by
     more than `margin` (a fraction), at the rows per call the layer will see.
@@ -199,7 +193,8 @@ def sparsify(model: nn.Module, *, min_sparsity: float = 0.5, batch_size: int = 1
     include / exclude: names or fnmatch patterns of the layers to consider / skip (default
     exclude: DEFAULT_EXCLUDE, the usual heads). Layers whose weight is tied to another module
     stay dense. measure=False replaces every layer that passes the filters and min_sparsity.
-    Timing interleaves dense and sparse calls (compare_ms). Returns a SparsifyReport; its
+    Timing interleaves dense and sparse calls, at least `reps` pairs and `min_time_s` seconds
+    per side (compare_ms). Returns a SparsifyReport; its
     .plan repeats the choice on another instance (apply_plan)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -208,6 +203,10 @@ def sparsify(model: nn.Module, *, min_sparsity: float = 0.5, batch_size: int = 1
     for arg, value in (("batch_size", batch_size), ("seq_len", seq_len)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{arg} must be an int >= 1, got {value!r}")
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
+        raise ValueError(f"reps must be an int >= 1, got {reps!r}")
+    if isinstance(min_time_s, bool) or not isinstance(min_time_s, (int, float)) or min_time_s < 0:
+        raise ValueError(f"min_time_s must be a number >= 0, got {min_time_s!r}")
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0.0 <= margin < 1.0:
         raise ValueError(f"margin must lie in [0, 1), got {margin!r}")
     include = _patterns(include, "include")
@@ -240,8 +239,9 @@ def sparsify(model: nn.Module, *, min_sparsity: float = 0.5, batch_size: int = 1
             x = torch.randn(d.rows, linear.in_features, device=w.device, dtype=w.dtype)
             with torch.no_grad():
                 d.dense_ms, d.sparse_ms, ratio = compare_ms(
-                    lambda: linear(x), lambda: sparse(x),
-                    w.device.type, min_time_s=min_time_s)
+                    lambda: linear(x), lambda: sparse(x), w.device.type, min_pairs=reps,
+                    min_time_s=min_time_s)
+            d.speedup = ratio
             if ratio < 1.0 + margin:
                 what = (f"sparse takes {1 / ratio:.2f}x the dense time" if ratio < 1.0 else
                         f"sparse only {ratio:.2f}x faster, within the {margin:.0%} margin")

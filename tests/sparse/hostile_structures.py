@@ -76,7 +76,7 @@ def run() -> int:
             expect_error(f"SparseLinear.forward 3-D, buffers {how} / {kind}", lambda: m(x[None]))
         m = SparseLinear.from_dense(w, torch.zeros(8))
         before = copy.deepcopy(m.state_dict())
-        state = dict(before, values=v, row_ptr=rp, col_idx=ci, row_order=ro)
+        state = dict(before, weight=v, row_ptr=rp, col_idx=ci, row_order=ro)
         for strict in (True, False):
             expect_error(f"load_state_dict(strict={strict}) / {kind}", lambda: m.load_state_dict(state, strict=strict))
             same = all(torch.equal(a, b) for a, b in zip(before.values(), m.state_dict().values()))
@@ -87,7 +87,7 @@ def run() -> int:
     m = SparseLinear.from_dense(w, torch.zeros(8))
     full = copy.deepcopy(m.state_dict())
     other = SparseLinear.from_dense(w * (w.abs() > 1.2), torch.ones(8)).state_dict()
-    for missing in ("values", "row_ptr", "col_idx", "row_order"):
+    for missing in ("weight", "row_ptr", "col_idx", "row_order"):  # "weight": the values
         for strict in (True, False):
             partial = {k: t for k, t in other.items() if k != missing}
             expect_error(f"load_state_dict(strict={strict}) without {missing}", lambda: m.load_state_dict(partial, strict=strict))
