@@ -128,4 +128,21 @@ inline void check_grouped_no_nan(bool has_nan) {
   SD_CHECK_ARG(!has_nan, "values holds NaN: magnitudes (or scores) must be comparable");
 }
 
+// The distributed-selection steps (select_histogram, select_tie_counts, select_at_threshold).
+inline void check_histogram_args(int64_t shift, int64_t prefix) {
+  SD_CHECK_ARG(shift == 0 || shift == 16, "shift must be 0 or 16, got ", shift);
+  SD_CHECK_ARG(prefix < 65536, "prefix must be < 65536 (16 key bits) or negative (all elements), got ", prefix);
+}
+
+inline void check_threshold_arg(int64_t threshold) {
+  SD_CHECK_ARG(threshold >= 0 && threshold <= 0xffffffffLL,
+               "threshold must be a 32-bit order key in [0, 4294967295], got ", threshold);
+}
+
+inline void check_prune_ties_arg(const at::Tensor& prune_ties, int64_t n) {
+  SD_CHECK_ARG(prune_ties.scalar_type() == at::kLong && prune_ties.dim() == 1 && prune_ties.size(0) == n &&
+                   prune_ties.device().is_cpu(),
+               "prune_ties must be a CPU int64 vector of one count per tensor (", n, ")");
+}
+
 }  // namespace sparsedistill

@@ -199,6 +199,55 @@ class Selection {
     return out;
   }
 
+  // Per tensor: the eligible elements whose key equals `threshold` (distributed selection:
+  // how many ties each rank's tensors hold).
+  std::vector<int64_t> tie_counts(uint32_t threshold) const {
+    std::vector<int64_t> per_chunk(chunks_.size(), 0);
+    at::parallel_for(0, chunks_.size(), 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        int64_t total = 0;
+        for_each_block(chunks_[c], [&](const uint32_t* keys, const bool* eligible, int64_t n, int64_t) {
+          const uint32_t thr = threshold;
+          int64_t t = 0;
+          if (eligible == nullptr) {
+            for (int64_t i = 0; i < n; ++i) t += keys[i] == thr;
+          } else {
+            for (int64_t i = 0; i < n; ++i) t += eligible[i] & (keys[i] == thr);
+          }
+          total += t;
+        });
+        per_chunk[c] = total;
+      }
+    });
+    std::vector<int64_t> out(values_.size(), 0);
+    for (size_t c = 0; c < chunks_.size(); ++c) out[chunks_[c].tensor] += per_chunk[c];
+    return out;
+  }
+
+  // The keep-masks at a threshold found elsewhere (distributed selection): keys above it are
+  // kept, keys below pruned, and of the ties of tensor i the first prune_ties[i] by position
+  // are pruned, the rest kept.
+  std::vector<at::Tensor> masks_at(uint32_t threshold, const std::vector<int64_t>& prune_ties) const {
+    std::vector<at::Tensor> out;
+    for (const auto& v : values_) out.push_back(at::empty(v.sizes(), v.options().dtype(at::kBool)));
+    const auto ties = write_masks(out, threshold, Ties::kRank);
+    std::vector<int64_t> before(chunks_.size(), 0), with_ties;
+    int64_t run = 0;
+    for (size_t c = 0; c < chunks_.size(); ++c) {
+      if (c == 0 || chunks_[c].tensor != chunks_[c - 1].tensor) run = 0;
+      before[c] = run;
+      run += ties[c];
+      if (ties[c] > 0) with_ties.push_back(c);
+    }
+    at::parallel_for(0, with_ties.size(), 1, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t c = with_ties[i];
+        rank_ties(out, c, threshold, before[c], prune_ties[chunks_[c].tensor]);
+      }
+    });
+    return out;
+  }
+
  private:
   enum class Ties { kKeepAll, kPruneAll, kRank };
 
@@ -355,11 +404,50 @@ void zero_smallest_cpu(at::TensorList tensors, at::TensorList masks,
   }
 }
 
+// The three steps of a selection whose histograms are summed across processes
+// (sparsedistill/prune/distributed.py): select_histogram (pass 1: prefix < 0; pass 2: the
+// elements whose high 16 key bits equal prefix), select_tie_counts, select_at_threshold.
+at::Tensor select_histogram_cpu(at::TensorList values, const std::optional<at::TensorList>& keep,
+                                int64_t shift, int64_t prefix, bool magnitude) {
+  check_select_args(values, keep, at::Device(at::kCPU));
+  check_histogram_args(shift, prefix);
+  std::vector<at::Tensor> vs, ks;
+  gather_inputs(values, keep, vs, ks);
+  const auto hist = Selection(std::move(vs), std::move(ks), magnitude).histogram(
+      static_cast<int>(shift), prefix, /*check_nan=*/prefix < 0);
+  return at::tensor(hist, at::TensorOptions().dtype(at::kLong));
+}
+
+at::Tensor select_tie_counts_cpu(at::TensorList values, const std::optional<at::TensorList>& keep,
+                                 int64_t threshold, bool magnitude) {
+  check_select_args(values, keep, at::Device(at::kCPU));
+  check_threshold_arg(threshold);
+  std::vector<at::Tensor> vs, ks;
+  gather_inputs(values, keep, vs, ks);
+  const auto counts = Selection(std::move(vs), std::move(ks), magnitude).tie_counts(static_cast<uint32_t>(threshold));
+  return at::tensor(counts, at::TensorOptions().dtype(at::kLong));
+}
+
+std::vector<at::Tensor> select_at_threshold_cpu(at::TensorList values, const std::optional<at::TensorList>& keep,
+                                                int64_t threshold, const at::Tensor& prune_ties, bool magnitude) {
+  check_select_args(values, keep, at::Device(at::kCPU));
+  check_threshold_arg(threshold);
+  check_prune_ties_arg(prune_ties, static_cast<int64_t>(values.size()));
+  std::vector<at::Tensor> vs, ks;
+  gather_inputs(values, keep, vs, ks);
+  const auto p = prune_ties.contiguous();
+  const std::vector<int64_t> ties(p.const_data_ptr<int64_t>(), p.const_data_ptr<int64_t>() + p.numel());
+  return Selection(std::move(vs), std::move(ks), magnitude).masks_at(static_cast<uint32_t>(threshold), ties);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(sparsedistill, CPU, m) {
   m.impl("select_smallest", &select_smallest_cpu);
   m.impl("zero_smallest", &zero_smallest_cpu);
+  m.impl("select_histogram", &select_histogram_cpu);
+  m.impl("select_tie_counts", &select_tie_counts_cpu);
+  m.impl("select_at_threshold", &select_at_threshold_cpu);
 }
 
 }  // namespace sparsedistill

@@ -198,6 +198,24 @@ def check_select_no_nan(has_nan: bool, tensor: int) -> None:
              "magnitudes must be comparable")
 
 
+def check_histogram_args(shift: int, prefix: int) -> None:
+    """select_histogram's shift and prefix: csrc/prune/checks.h check_histogram_args."""
+    op_check(shift in (0, 16), ValueError, "shift must be 0 or 16, got ", shift)
+    op_check(prefix < 65536, ValueError, "prefix must be < 65536 (16 key bits) or negative (all "
+             "elements), got ", prefix)
+
+
+def check_threshold_arg(threshold: int) -> None:
+    op_check(0 <= threshold <= 0xFFFFFFFF, ValueError,
+             "threshold must be a 32-bit order key in [0, 4294967295], got ", threshold)
+
+
+def check_prune_ties_arg(prune_ties: torch.Tensor, n: int) -> None:
+    op_check(prune_ties.dtype == torch.int64 and prune_ties.dim() == 1 and prune_ties.shape[0] == n
+             and prune_ties.device.type == "cpu", ValueError,
+             "prune_ties must be a CPU int64 vector of one count per tensor (", n, ")")
+
+
 def check_nm_mask_args(values: torch.Tensor, n: int, m: int) -> None:
     """nm_mask(values, n, m, magnitude): csrc/prune/checks.h check_nm_mask_args. Reads metadata
     only, so the fake kernel uses it too."""

@@ -25,15 +25,32 @@ from .reference import group_view
 __all__ = ["magnitude_mask", "magnitude_prune_", "global_magnitude_masks", "global_magnitude_prune_"]
 
 
+def _distributed(tensors, process_group) -> bool:
+    if process_group is not None:
+        return True
+    from .distributed import is_dtensor
+    return any(is_dtensor(t) for t in tensors)
+
+
 def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=None,
-                           masks=None) -> list[torch.Tensor]:
+                           masks=None, process_group=None) -> list[torch.Tensor]:
     """One exact threshold across `tensors` (a whole model): prunes `amount` of all their
     elements together, without concatenating them. With `masks` (existing keep-masks),
     `amount` applies to the elements that remain and pruned ones stay pruned. With `scores`,
     the scores rank the elements instead of the magnitudes.
 
     The same tensor listed twice (tied weights) counts once and gets the same mask at both
-    places; tensors that otherwise share memory are refused. All must be on one device."""
+    places; tensors that otherwise share memory are refused. All must be on one device.
+
+    Across processes: with `process_group` (torch.distributed), each rank passes its own
+    tensors and `amount` applies to all ranks' tensors together, as if rank 0's list, then
+    rank 1's, ... were one list; with DTensor parameters (FSDP2 shards) the group is their
+    mesh's and the masks (DTensors) equal those of the unsharded model. No weight is gathered:
+    see sparsedistill/prune/distributed.py."""
+    tensors = list(tensors)
+    if _distributed(tensors, process_group):
+        from .distributed import distributed_masks
+        return distributed_masks(tensors, amount, scores=scores, masks=masks, process_group=process_group)
     tensors, scores, masks, k, index = check_selection_args(tensors, amount, scores, masks)
     values = scores if scores is not None else [t.detach() for t in tensors]
     keep = torch.ops.sparsedistill.select_smallest(values, masks, k, scores is None)
@@ -42,11 +59,17 @@ def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=No
 
 @torch.no_grad()
 def global_magnitude_prune_(tensors: Sequence[torch.Tensor], amount, *, scores=None,
-                            masks=None) -> list[torch.Tensor]:
+                            masks=None, process_group=None) -> list[torch.Tensor]:
     """global_magnitude_masks that also zeroes the pruned weights in place (in the same pass
     over memory on the CPU). Returns the keep-masks; nothing is modified on a bad argument.
     Expanded views and inference tensors (outside inference mode) are refused, as stock
-    in-place ops refuse them; tied and overlapping tensors as in global_magnitude_masks."""
+    in-place ops refuse them; tied and overlapping tensors, process groups and DTensors as in
+    global_magnitude_masks."""
+    tensors = list(tensors)
+    if _distributed(tensors, process_group):
+        from .distributed import distributed_masks
+        return distributed_masks(tensors, amount, scores=scores, masks=masks, process_group=process_group,
+                                 zero=True)
     tensors, scores, masks, k, index = check_selection_args(tensors, amount, scores, masks, writes=True)
     keep = [torch.empty_like(t, dtype=torch.bool, memory_format=torch.contiguous_format) for t in tensors]
     # .detach() shares the version counter: autograd still sees the write (the op bumps it).
@@ -100,10 +123,15 @@ def group_counts(values: torch.Tensor, keep, amount, tile: tuple[int, int]) -> t
     return k.reshape(values.shape[0] // gr, values.shape[1] // gc)
 
 
+def _rows_cols(tensor: torch.Tensor) -> tuple[int, int]:
+    """The (shape[0], rest) view of the grouped selection; explicit, so that empty tensors view too."""
+    return (tensor.shape[0], math.prod(tensor.shape[1:])) if tensor.dim() else (1, 1)
+
+
 def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, int]) -> torch.Tensor:
     """The keep-mask of magnitude_mask(group=...) for (rows, cols) tiles; arguments checked."""
-    rows = tensor.shape[0] if tensor.dim() else 1
-    view = lambda x: x.reshape(rows, -1)  # noqa: E731
+    rows, cols = _rows_cols(tensor)
+    view = lambda x: x.reshape(rows, cols)  # noqa: E731
     values = view(tensor.detach() if scores is None else scores)
     keep = None if mask is None else view(mask)
     k = group_counts(values, keep, amount, tile)
@@ -115,18 +143,36 @@ def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, in
 def grouped_prune_(tensor: torch.Tensor, amount, mask, tile: tuple[int, int], col_scale=None) -> torch.Tensor:
     """magnitude_prune_(group=...) by |tensor| (times col_scale per column of the (shape[0], -1)
     view, float32) in one op that zeroes in its mask pass; arguments checked. Returns the mask."""
-    rows = tensor.shape[0] if tensor.dim() else 1
-    values = tensor.detach().view(rows, -1) if tensor.is_contiguous() else None
-    keep = None if mask is None else mask.reshape(rows, -1)
-    out = torch.empty((rows, tensor.numel() // max(rows, 1)), dtype=torch.bool, device=tensor.device)
-    k = group_counts(tensor.detach().reshape(rows, -1), keep, amount, tile)
+    rows, cols = _rows_cols(tensor)
+    values = tensor.detach().view(rows, cols) if tensor.is_contiguous() else None
+    keep = None if mask is None else mask.reshape(rows, cols)
+    out = torch.empty((rows, cols), dtype=torch.bool, device=tensor.device)
+    k = group_counts(tensor.detach().reshape(rows, cols), keep, amount, tile)
     if values is None:  # a strided weight: prune a contiguous copy, then write it back
-        values = tensor.detach().reshape(rows, -1).clone()
+        values = tensor.detach().reshape(rows, cols).clone()
         torch.ops.sparsedistill.zero_smallest_grouped(values, out, keep, *tile, k, col_scale)
         tensor.detach().copy_(values.view(tensor.shape))
     else:
         torch.ops.sparsedistill.zero_smallest_grouped(values, out, keep, *tile, k, col_scale)
     return out.view(tensor.shape)
+
+
+def _local_grouped(fn, tensor, amount, scores, mask, group):
+    """A per-row (or row-tile) selection of a Shard(0) DTensor: rows never straddle shards, so
+    each rank selects in its own shard; the result is a DTensor of the same placement."""
+    from .distributed import dtensor_types
+    DTensor, Shard = dtensor_types()
+    local = lambda x: x.to_local() if isinstance(x, DTensor) else x  # noqa: E731
+    tile = group_shape(group, tuple(tensor.shape))
+    if len(tensor.placements) != 1 or not isinstance(tensor.placements[0], Shard) or tensor.placements[0].dim != 0 \
+            or tile[0] != 1:
+        raise NotImplementedError(f"group={group!r} on a DTensor with placements {tensor.placements}: only "
+                                  "groups within rows (group='row' or (1, c) tiles) of Shard(0) DTensors "
+                                  "(FSDP2), which each rank selects in its own shard; per-tensor selection "
+                                  "(group='tensor') works on any Shard(0) DTensor")
+    keep = fn(local(tensor), amount, scores=local(scores), mask=local(mask), group=group)
+    return DTensor.from_local(keep, tensor.device_mesh, tensor.placements, run_check=False,
+                              shape=tensor.shape, stride=tensor.stride())
 
 
 def _one_tensor_args(tensor, scores, mask, group, writes: bool):
@@ -150,7 +196,13 @@ def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None, grou
     "row": each slice along dim 0 separately (an output row of a Linear, a filter of a conv: the
     comparison group of Wanda); "column": each column of the tensor viewed as (shape[0], -1);
     (rows, cols): tiles of that view. A fraction applies to each group's own elements (rounded
-    per group), an int count to each group."""
+    per group), an int count to each group.
+
+    A DTensor (an FSDP2 shard) is selected across its ranks: group="tensor" by the
+    distributed selection (the mask equals the unsharded tensor's), row groups within each
+    rank's shard."""
+    if group != "tensor" and _distributed([tensor], None):
+        return _local_grouped(magnitude_mask, tensor, amount, scores, mask, group)
     tile, tensor, scores, mask = _one_tensor_args(tensor, scores, mask, group, writes=False)
     if tile is None:
         return global_magnitude_masks([tensor], amount, scores=scores, masks=mask)[0]
@@ -159,7 +211,9 @@ def magnitude_mask(tensor: torch.Tensor, amount, *, scores=None, mask=None, grou
 
 def magnitude_prune_(tensor: torch.Tensor, amount, *, scores=None, mask=None, group="tensor") -> torch.Tensor:
     """Zeroes the pruned weights of `tensor` in place and returns the keep-mask (`group` as in
-    magnitude_mask). Nothing is modified if an argument is rejected."""
+    magnitude_mask, DTensors too). Nothing is modified if an argument is rejected."""
+    if group != "tensor" and _distributed([tensor], None):
+        return _local_grouped(magnitude_prune_, tensor, amount, scores, mask, group)
     tile, tensor, scores, mask = _one_tensor_args(tensor, scores, mask, group, writes=True)
     if tile is None:
         return global_magnitude_prune_([tensor], amount, scores=scores, masks=mask)[0]

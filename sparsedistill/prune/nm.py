@@ -20,7 +20,21 @@ def nm_mask(tensor: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, scor
     2:4 group keeps its last two weights), as in magnitude_mask.
 
     Runs the op sparsedistill::nm_mask (one C++/CUDA kernel launch where the extension is
-    built) on a view with `dim` moved last; float64 magnitudes are compared in float64."""
+    built) on a view with `dim` moved last; float64 magnitudes are compared in float64.
+    A Shard(0) DTensor (FSDP2) with dim != 0 is masked within each rank's shard (its groups
+    never straddle shards); the mask is a DTensor of the same placement."""
+    from .distributed import dtensor_types
+    DTensor, Shard = dtensor_types()
+    if DTensor is not None and isinstance(tensor, DTensor):
+        d = dim + tensor.dim() if isinstance(dim, int) and dim < 0 else dim
+        if (len(tensor.placements) != 1 or not isinstance(tensor.placements[0], Shard)
+                or tensor.placements[0].dim != 0 or d == 0):
+            raise NotImplementedError(f"nm_mask of a DTensor with placements {tensor.placements} along dim "
+                                      f"{dim}: only Shard(0) DTensors along another dim")
+        local = scores.to_local() if isinstance(scores, DTensor) else scores
+        keep = nm_mask(tensor.to_local(), n, m, dim, scores=local)
+        return DTensor.from_local(keep, tensor.device_mesh, tensor.placements, run_check=False,
+                                  shape=tensor.shape, stride=tensor.stride())
     check_float_tensor("tensor", tensor)
     m = check_int("m", m, low=1)
     n = check_int("n", n)

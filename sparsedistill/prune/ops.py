@@ -37,6 +37,35 @@ def _zero_smallest_fake(tensors, masks, scores, keep, k):
     return None
 
 
+# The steps of a select_smallest whose histograms are summed across processes (distributed.py;
+# the one-process op does all three inside): select_histogram counts 16 key bits ((key >> shift)
+# & 0xFFFF, keys as in select_smallest) over the eligible elements, all (prefix < 0) or those
+# whose high 16 bits equal prefix; select_tie_counts counts per tensor the eligible elements
+# whose key equals threshold; select_at_threshold writes keep-masks from a threshold and, per
+# tensor, how many of its ties (by flat index) to prune.
+define("select_histogram(Tensor[] values, Tensor[]? keep, int shift, int prefix, bool magnitude) -> Tensor",
+       reference.select_histogram)
+define("select_tie_counts(Tensor[] values, Tensor[]? keep, int threshold, bool magnitude) -> Tensor",
+       reference.select_tie_counts)
+define("select_at_threshold(Tensor[] values, Tensor[]? keep, int threshold, Tensor prune_ties, "
+       "bool magnitude) -> Tensor[]", reference.select_at_threshold)
+
+
+@torch.library.register_fake("sparsedistill::select_histogram")
+def _select_histogram_fake(values, keep, shift, prefix, magnitude):
+    return torch.empty(65536, dtype=torch.int64)
+
+
+@torch.library.register_fake("sparsedistill::select_tie_counts")
+def _select_tie_counts_fake(values, keep, threshold, magnitude):
+    return torch.empty(len(values), dtype=torch.int64)
+
+
+@torch.library.register_fake("sparsedistill::select_at_threshold")
+def _select_at_threshold_fake(values, keep, threshold, prune_ties, magnitude):
+    return [torch.empty_like(v, dtype=torch.bool) for v in values]
+
+
 # ---------------------------------------------------------------------------------------------
 # select_smallest_grouped: exact k-smallest selection in every group_rows x group_cols tile of a
 # matrix, in one launch (per output row: group_rows=1, group_cols=C, as Wanda compares). k holds

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .checks import (check_grouped_args, check_zero_grouped_args, check_grouped_k, check_grouped_no_nan, check_nm_mask_args,
+from .checks import (check_grouped_args, check_zero_grouped_args, check_grouped_k, check_grouped_no_nan,
+                     check_histogram_args, check_nm_mask_args, check_prune_ties_arg, check_threshold_arg,
                      check_select_args, check_select_k, check_select_no_nan,
                      check_zero_smallest_args)
 
@@ -20,8 +21,9 @@ def order_keys(values: torch.Tensor, magnitude: bool) -> torch.Tensor:
         v = v.abs()
     bits = v.view(torch.int32).to(torch.int64) & 0xFFFFFFFF
     # IEEE order as unsigned: negatives flip all bits, non-negatives set the sign bit.
-    # (-0.0 and +0.0 are made equal first, so that ties between them follow position.)
-    bits = torch.where(v == 0, torch.full_like(bits, 0x80000000), bits)
+    # (-0.0 becomes +0.0 first, so that ties between them follow position; the keys equal
+    # csrc/prune/order_keys.h's bit for bit, which the distributed steps rely on.)
+    bits = torch.where(v == 0, torch.zeros_like(bits), bits)
     return torch.where(bits >= 0x80000000, bits ^ 0xFFFFFFFF, bits | 0x80000000)
 
 
@@ -50,6 +52,61 @@ def select_smallest(values: list[torch.Tensor], keep: list[torch.Tensor] | None,
     flat_keep = prune_lowest(rank_keys, k) & flat_eligible
     # Separate tensors (not views of one buffer): op outputs must not alias each other.
     return [m.view(v.shape).clone() for m, v in zip(flat_keep.split([v.numel() for v in values]), values)]
+
+
+def _eligible_keys(values, keep, magnitude):
+    """(keys, eligible) of each tensor, flat."""
+    return [(order_keys(v, magnitude), None if keep is None else keep[i].reshape(-1))
+            for i, v in enumerate(values)]
+
+
+def select_histogram(values, keep, shift: int, prefix: int, magnitude: bool) -> torch.Tensor:
+    """Reference of ``sparsedistill::select_histogram``: int64 counts (65536) of the 16 key bits
+    (key >> shift) & 0xFFFF over the eligible elements, all of them (prefix < 0; NaN raises) or
+    those whose high 16 bits equal prefix."""
+    check_select_args(values, keep)
+    check_histogram_args(shift, prefix)
+    device = values[0].device if values else torch.device("cpu")
+    hist = torch.zeros(65536, dtype=torch.int64, device=device)
+    for i, (keys, eligible) in enumerate(_eligible_keys(values, keep, magnitude)):
+        if prefix < 0:
+            check_select_no_nan(bool(torch.isnan(values[i]).any()), i)
+        sel = torch.ones_like(keys, dtype=torch.bool) if eligible is None else eligible
+        if prefix >= 0:
+            sel = sel & ((keys >> 16) == prefix)
+        hist += torch.bincount((keys[sel] >> shift) & 0xFFFF, minlength=65536)
+    return hist.cpu()
+
+
+def select_tie_counts(values, keep, threshold: int, magnitude: bool) -> torch.Tensor:
+    """Reference of ``sparsedistill::select_tie_counts``: per tensor, the eligible elements
+    whose key equals threshold (int64, CPU)."""
+    check_select_args(values, keep)
+    check_threshold_arg(threshold)
+    out = [int((((keys == threshold) & eligible) if eligible is not None else (keys == threshold)).sum())
+           for keys, eligible in _eligible_keys(values, keep, magnitude)]
+    return torch.tensor(out, dtype=torch.int64)
+
+
+def select_at_threshold(values, keep, threshold: int, prune_ties: torch.Tensor,
+                        magnitude: bool) -> list[torch.Tensor]:
+    """Reference of ``sparsedistill::select_at_threshold``: keep-masks that keep the eligible
+    elements whose key is above threshold and prune those below; of the ties (key ==
+    threshold) of tensor i the first prune_ties[i] by flat index are pruned, the rest kept."""
+    check_select_args(values, keep)
+    check_threshold_arg(threshold)
+    check_prune_ties_arg(prune_ties, len(values))
+    out = []
+    for i, (keys, eligible) in enumerate(_eligible_keys(values, keep, magnitude)):
+        tie = keys == threshold
+        if eligible is not None:
+            tie = tie & eligible
+        rank = torch.cumsum(tie, 0) - 1  # the tie's position among the tensor's ties
+        m = (keys > threshold) | (tie & (rank >= int(prune_ties[i])))
+        if eligible is not None:
+            m = m & eligible
+        out.append(m.view(values[i].shape).clone())
+    return out
 
 
 def nm_mask(values: torch.Tensor, n: int, m: int, magnitude: bool) -> torch.Tensor:
