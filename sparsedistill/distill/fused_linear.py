@@ -22,6 +22,7 @@ from .._library import native_serves
 from .checks import (DIVERGENCES, FORWARD_KL, JSD, LABEL_DTYPES, REDUCTIONS, REVERSE_KL,
                      T_RANGE, as_real, check_label_range)
 from . import fused_linear_ops  # noqa: F401  (defines the op)
+from .reduction import check_process_group, row_weight
 
 VOCAB_MODES = ("exact", "pad")
 # chunk_rows=None: the largest chunk whose float32 logits for both models fit the budget
@@ -132,6 +133,7 @@ def fused_linear_distillation_loss(
     vocab: str = "exact",
     chunk_rows: int | None = None,
     return_parts: bool = False,
+    process_group=None,
 ):
     """``distillation_loss(logits(h_s, W_s), logits(h_t, W_t), y, ...)`` without the logits.
 
@@ -143,11 +145,13 @@ def fused_linear_distillation_loss(
     :func:`default_chunk_rows`: a 96 MiB budget for both models' float32 logits, more for
     large weights); the result does
     not depend on it beyond rounding. Gradients reach student_hidden, student_weight and
-    student_bias, never the teacher. The other arguments are those of distillation_loss.
+    student_bias, never the teacher. The other arguments are those of distillation_loss
+    (process_group included: the token mean over every rank under DDP / FSDP).
     """
     T, alpha, beta, logit_scale, softcap = check_fused_args(
         student_hidden, student_weight, teacher_hidden, teacher_weight, true_labels, student_bias,
         teacher_bias, T, alpha, beta, reduction, divergence, logit_scale, softcap, vocab, chunk_rows)
+    check_process_group(process_group, reduction)
     code = DIVERGENCES[divergence]
     if code == JSD and beta in (0.0, 1.0):  # as distillation_loss: the JSD formula degenerates
         code = FORWARD_KL if beta == 0.0 else REVERSE_KL
@@ -167,15 +171,9 @@ def fused_linear_distillation_loss(
     wants_grad = any(x is not None and x.requires_grad for x in (hs, student_weight, student_bias))
     # reduction="none": the per-row grad_output is known only in backward, which recomputes.
     compute_grad = torch.is_grad_enabled() and wants_grad and reduction != "none"
-    f32 = dict(dtype=torch.float32, device=hs.device)
-    if reduction == "mean" and labels is not None:
-        row_weight = 1.0 / torch.clamp((labels != ignore_index).sum(), min=1).to(torch.float32)
-    elif reduction == "mean":
-        row_weight = torch.full((), 1.0 / max(rows, 1), **f32)
-    else:
-        row_weight = torch.ones((), **f32)
+    weight = row_weight(labels, ignore_index, rows, reduction, hs.device, process_group)
     loss, loss_rows, soft_rows, hard_rows, *_ = torch.ops.sparsedistill.fused_linear_distill(
-        hs, student_weight, student_bias, ht, wt, bt, labels, row_weight, float(T), float(alpha),
+        hs, student_weight, student_bias, ht, wt, bt, labels, weight, float(T), float(alpha),
         float(beta), code, int(ignore_index), float(logit_scale), float(softcap), vocab == "pad",
         chunk, compute_grad)
     dtype = student_hidden.dtype
@@ -186,8 +184,8 @@ def fused_linear_distillation_loss(
         return out
     out = loss.to(dtype)
     if return_parts:
-        return (out, (soft_rows * row_weight).sum().to(dtype).detach(),
-                (hard_rows * row_weight).sum().to(dtype).detach())
+        return (out, (soft_rows * weight).sum().to(dtype).detach(),
+                (hard_rows * weight).sum().to(dtype).detach())
     return out
 
 

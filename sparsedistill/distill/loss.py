@@ -13,6 +13,7 @@ from torch import nn
 
 from .._library import native_serves
 from .checks import DIVERGENCES, FORWARD_KL, JSD, REVERSE_KL, check_label_range, check_loss_args
+from .reduction import check_process_group, row_weight
 
 
 def distillation_loss(
@@ -27,6 +28,7 @@ def distillation_loss(
     divergence: str = "kl",
     beta: float = 0.5,
     return_parts: bool = False,
+    process_group=None,
 ):
     """Hinton distillation loss, fused: ``alpha * T^2 * D(teacher || student) + (1-alpha) * CE``.
 
@@ -49,12 +51,18 @@ def distillation_loss(
             (the convention of GKD / TRL). The soft term carries the T^2 factor in every case.
         return_parts: also return the soft (``T^2 * D``) and hard (CE) parts, reduced the same
             way and detached, for logging. They come from the same pass.
+        process_group: with reduction="mean" under DDP / FSDP, a torch.distributed group: the
+            mean is over the non-ignored rows of all its ranks (ranks hold different numbers
+            of ignored tokens); each rank's loss is scaled so that DDP's gradient averaging
+            gives the single-process gradient of the concatenated batch. One all-reduce of one
+            number per call. See distill/reduction.py.
 
     Returns:
         the loss in the student's dtype, or ``(loss, soft, hard)`` with ``return_parts``.
     """
     T, alpha, beta = check_loss_args(student_logits, teacher_logits, true_labels, T, alpha, beta,
                                      reduction, divergence)
+    check_process_group(process_group, reduction)
     code = DIVERGENCES[divergence]
     if code == JSD and beta in (0.0, 1.0):  # the JSD formula degenerates to 0 at the ends
         code = FORWARD_KL if beta == 0.0 else REVERSE_KL
@@ -75,15 +83,9 @@ def distillation_loss(
     # The weight of every row in the reduction: 1/count for "mean" (count of the rows that
     # count, all of them without labels; at least 1, so an empty or all-ignored batch gives 0,
     # not NaN), else 1. It stays a device tensor (no host sync) and is folded into the gradient.
-    f32 = dict(dtype=torch.float32, device=student.device)
-    if reduction == "mean" and labels is not None:
-        row_weight = 1.0 / torch.clamp((labels != ignore_index).sum(), min=1).to(torch.float32)
-    elif reduction == "mean":
-        row_weight = torch.full((), 1.0 / max(student.shape[0], 1), **f32)
-    else:
-        row_weight = torch.ones((), **f32)
+    weight = row_weight(labels, ignore_index, student.shape[0], reduction, student.device, process_group)
     loss_rows, soft_rows, hard_rows, _ = torch.ops.sparsedistill.distill_loss(
-        student, teacher, labels, row_weight, float(T), float(alpha), float(beta), code,
+        student, teacher, labels, weight, float(T), float(alpha), float(beta), code,
         int(ignore_index), compute_grad,
     )
 
@@ -91,7 +93,7 @@ def distillation_loss(
         if reduction == "none":
             return rows.reshape(lead_shape).to(student.dtype)
         # (rows * w).sum(): backward hands each row exactly w, the weight the op folded in.
-        return (rows * row_weight).sum().to(student.dtype)
+        return (rows * weight).sum().to(student.dtype)
 
     loss = reduce(loss_rows)
     if return_parts:

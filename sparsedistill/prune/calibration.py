@@ -104,12 +104,36 @@ def run_batch(module: nn.Module, batch):
 
 
 @torch.no_grad()
+def all_reduce_statistics(stats: dict, process_group) -> dict:
+    """Sums, in place, every LinearStats over the ranks of `process_group` (data-parallel
+    calibration: each rank ran its own batches; afterwards all hold the statistics of all of
+    them). Layers in sorted name order, so every rank reduces the same tensors in the same
+    order; bytes: in_features (+ in_features^2 with the Hessian) per layer, plus one count."""
+    import torch.distributed as dist
+    if process_group is None:
+        return stats
+    comm = "cuda" if dist.get_backend(process_group) == "nccl" else "cpu"
+    for name in sorted(stats):
+        s = stats[name]
+        for t in (s.sq_sum, s.hessian):
+            if t is not None:
+                buf = t.to(comm)
+                dist.all_reduce(buf, group=process_group)
+                t.copy_(buf)
+        rows = torch.tensor([s.rows], dtype=torch.int64, device=comm)
+        dist.all_reduce(rows, group=process_group)
+        s.rows = int(rows[0])
+    return stats
+
+
+@torch.no_grad()
 def collect_statistics(model: nn.Module, calibration: Iterable, targets=None, *, hessian: bool = False,
-                       dtype: torch.dtype = torch.float32) -> dict[str, LinearStats]:
+                       dtype: torch.dtype = torch.float32, process_group=None) -> dict[str, LinearStats]:
     """Runs every calibration batch through `model` (in eval mode, gradients off) and returns
     {name: LinearStats} for each target Linear (default: all). hessian=True also accumulates
     X^T X. dtype: float32 or float64 accumulators. The hooks are removed, and the model's
-    train/eval mode restored, even when a batch raises."""
+    train/eval mode restored, even when a batch raises. process_group (torch.distributed):
+    each rank passes its own batches and gets the statistics of all ranks' batches."""
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
     layers = linear_targets(model, targets)
@@ -118,7 +142,7 @@ def collect_statistics(model: nn.Module, calibration: Iterable, targets=None, *,
     with hooks_collecting(layers, stats), eval_mode(model):
         for batch in batches:
             run_batch(model, batch)
-    return stats
+    return all_reduce_statistics(stats, process_group)
 
 
 class hooks_collecting:

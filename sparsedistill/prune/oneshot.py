@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .calibration import (LinearStats, as_batches, eval_mode, hooks_collecting, linear_targets,
+from .calibration import (LinearStats, all_reduce_statistics, as_batches, eval_mode, hooks_collecting, linear_targets,
                           run_batch)
 from .magnitude import global_magnitude_prune_, grouped_prune_, magnitude_mask
 from .nm import nm_mask
@@ -240,7 +240,7 @@ class _ErrorMeter:
 def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=None, *,
                 pattern=None, blocks=None, sequential: bool = True, targets=None,
                 blocksize: int = 128, percdamp: float = 0.01,
-                hessian_dtype: torch.dtype = torch.float32) -> PruneReport:
+                hessian_dtype: torch.dtype = torch.float32, process_group=None) -> PruneReport:
     """Prunes the Linears of `model` in place and returns a PruneReport (per layer: sparsity,
     reconstruction error on the calibration inputs; and the keep-masks, named as
     train.prunable_weights names weights, for MaskedPruner(masks=...) fine-tuning).
@@ -287,6 +287,7 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
             with hooks_collecting(group, stats):
                 for batch in batches:
                     run_batch(model, batch)
+            all_reduce_statistics(stats, process_group)
             originals = prune_group(list(group), stats)
             meter = _ErrorMeter(group, originals)
             with meter:
@@ -302,6 +303,7 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
             with hooks_collecting(group, stats):
                 for args, kwargs in inputs:
                     block(*args, **kwargs)
+            all_reduce_statistics(stats, process_group)
             originals = prune_group(list(group), stats)
             meter = _ErrorMeter(group, originals)
             with meter:

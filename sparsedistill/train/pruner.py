@@ -41,9 +41,13 @@ class MaskedPruner:
     the scheduled sparsity exactly (over all params together; pruned weights never come back),
     then zeroes them. While attached, a gradient hook zeroes the gradient of every pruned weight;
     call ``apply_()`` after each optimiser step too, since momentum and weight decay still move
-    them. ``remove()`` drops the hooks."""
+    them. ``remove()`` drops the hooks.
 
-    def __init__(self, params, schedule: Callable[[int], float], masks=None):
+    Distributed: FSDP2 (DTensor) params are pruned across their shards, with the masks of the
+    unsharded model; under DDP pass ``process_group`` so that every replica keeps the first
+    rank's masks."""
+
+    def __init__(self, params, schedule: Callable[[int], float], masks=None, *, process_group=None):
         if isinstance(params, nn.Module):
             params = prunable_weights(params)
         if not isinstance(params, dict):
@@ -56,6 +60,7 @@ class MaskedPruner:
                                 f"{getattr(p, 'dtype', type(p).__name__)}")
         if not callable(schedule):
             raise TypeError(f"schedule must be callable (step -> sparsity), got {type(schedule).__name__}")
+        self.process_group = process_group
         self.names = list(params)
         self.params = list(params.values())
         self.schedule = schedule
@@ -96,8 +101,25 @@ class MaskedPruner:
         extra = resolve_amount(float(sparsity), self.total, "sparsity") - self.pruned
         if extra > 0:
             self.masks = global_magnitude_masks(self.params, extra, masks=self.masks)
+            self._broadcast_masks()
             self.pruned += extra
         self.apply_()
+
+    def _broadcast_masks(self) -> None:
+        """DDP (process_group given, plain replicated params): the first rank's masks go to all,
+        so the replicas stay pruned alike even if floating-point noise made them drift apart
+        (one broadcast of the masks, a byte per weight). DTensor params (FSDP2) need nothing:
+        their selection runs across the shards already."""
+        from ..prune.distributed import is_dtensor
+        if self.process_group is None or any(is_dtensor(p) for p in self.params):
+            return
+        import torch.distributed as dist
+        src = dist.get_global_rank(self.process_group, 0)
+        comm = "cuda" if dist.get_backend(self.process_group) == "nccl" else "cpu"
+        for m in self.masks:
+            buf = m.to(device=comm, dtype=torch.uint8)
+            dist.broadcast(buf, src=src, group=self.process_group)
+            m.copy_(buf.to(m.device).bool())
 
     def step(self, global_step: int) -> float:
         """Prunes to schedule(global_step); returns that scheduled sparsity."""

@@ -139,7 +139,107 @@ def case_errors(rank, world, sd, group):
     return n + 1
 
 
-CASES = [case_lists, case_dtensors, case_fully_shard, case_errors]
+def case_calibration(rank, world, sd, group):
+    """Each rank calibrates on its own batches; statistics and one-shot pruning equal one
+    process on all batches."""
+    from sparsedistill.train.lm import LMConfig, TinyLM
+    cfg = LMConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=16)
+    torch.manual_seed(11)
+    model = TinyLM(cfg)
+    batches = [torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(b)) for b in range(2 * world)]
+    mine = batches[rank::world]
+    stats = sd.collect_statistics(model, mine, dtype=torch.float64, process_group=group)
+    full = sd.collect_statistics(model, batches, dtype=torch.float64)
+    for name in full:
+        assert stats[name].rows == full[name].rows
+        torch.testing.assert_close(stats[name].sq_sum, full[name].sq_sum, rtol=1e-12, atol=0)
+    n = 1
+    for method in ("wanda", "sparsegpt"):
+        a, b = TinyLM(cfg), None
+        a.load_state_dict(model.state_dict())
+        b = TinyLM(cfg)
+        b.load_state_dict(model.state_dict())
+        ra = sd.prune_model(a, 0.5, method=method, calibration=mine, hessian_dtype=torch.float64, process_group=group)
+        rb = sd.prune_model(b, 0.5, method=method, calibration=batches, hessian_dtype=torch.float64)
+        for key in rb.masks:
+            same = (ra.masks[key] == rb.masks[key]).float().mean().item()
+            assert same >= 0.999, (method, key, same)  # sums in another order: rounding may flip a near-tie
+        n += 1
+    return n
+
+
+def case_ddp_distillation(rank, world, sd, group):
+    """Under DDP each rank holds different numbers of ignored tokens; with process_group the
+    gradients equal one process's on the concatenated batch (both losses)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    torch.manual_seed(5)
+    student, teacher = torch.nn.Linear(8, 11), torch.nn.Linear(8, 11)
+    ref = torch.nn.Linear(8, 11)
+    ref.load_state_dict(student.state_dict())
+    g = torch.Generator().manual_seed(9)
+    xs = [torch.randn(3 + r, 8, generator=g) for r in range(world)]
+    ys = [torch.randint(0, 11, (3 + r,), generator=g) for r in range(world)]
+    for r in range(world):
+        ys[r][: r + 1] = -100  # a different number of ignored rows per rank
+    ddp = DDP(student)
+    loss = sd.distillation_loss(ddp(xs[rank]), teacher(xs[rank]), ys[rank], T=2.0, alpha=0.3, process_group=group)
+    loss.backward()
+    x, y = torch.cat(xs), torch.cat(ys)
+    sd.distillation_loss(ref(x), teacher(x), y, T=2.0, alpha=0.3).backward()
+    torch.testing.assert_close(student.weight.grad, ref.weight.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(student.bias.grad, ref.bias.grad, rtol=1e-5, atol=1e-6)
+    # the fused linear loss, from hidden states
+    hs = torch.nn.Parameter(torch.zeros(1))
+    w = torch.nn.Parameter(torch.randn(11, 8, generator=torch.Generator().manual_seed(1)))
+    w_ref = torch.nn.Parameter(w.detach().clone())
+    wt = torch.randn(11, 8, generator=torch.Generator().manual_seed(2))
+    lf = sd.fused_linear_distillation_loss(xs[rank], w, xs[rank], wt, ys[rank], process_group=group)
+    lf.backward()
+    dist.all_reduce(w.grad, group=group)
+    w.grad /= world  # what DDP does
+    sd.fused_linear_distillation_loss(x, w_ref, x, wt, y).backward()
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
+    total = lf.detach().clone()
+    dist.all_reduce(total, group=group)
+    torch.testing.assert_close(total / world, sd.fused_linear_distillation_loss(x, w_ref, x, wt, y).detach(),
+                               rtol=1e-5, atol=1e-6)
+    del hs
+    return 3
+
+
+def case_pruner(rank, world, sd, group):
+    """MaskedPruner: FSDP2 shards pruned as the unsharded model; DDP replicas keep rank 0's masks."""
+    n = 0
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
+    reference = [p.detach().clone() for p in model.parameters() if p.dim() > 1]
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
+        sharded = True
+    except Exception:
+        sharded = False
+    if sharded:
+        params = [p for p in model.parameters() if p.dim() > 1]
+        pruner = sd.MaskedPruner(params, lambda step: 0.6)
+        pruner.step(0)
+        want = sd.global_magnitude_masks(reference, 0.6)
+        assert all(torch.equal(m.full_tensor(), w) for m, w in zip(pruner.masks, want))
+        assert all(torch.equal(p.full_tensor(), r * w) for p, r, w in zip(params, reference, want))
+        n += 1
+    replica = torch.nn.Linear(6, 6)
+    with torch.no_grad():  # replicas that drifted apart: rank 0's masks win
+        replica.weight.copy_(torch.randn(6, 6, generator=torch.Generator().manual_seed(rank)))
+    pruner = sd.MaskedPruner([replica.weight], lambda step: 0.5, process_group=group)
+    pruner.step(0)
+    rank0 = torch.randn(6, 6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(pruner.masks[0], sd.magnitude_mask(rank0, 0.5))
+    return n + 1
+
+
+CASES = [case_lists, case_dtensors, case_fully_shard, case_errors, case_calibration, case_ddp_distillation,
+         case_pruner]
 
 
 def worker(rank, world, init_file, extra):
