@@ -197,7 +197,7 @@ class FusedLinearDistillationLoss(nn.Module):
     def __init__(self, T: float = 4.0, alpha: float = 0.5, *, ignore_index: int = -100,
                  reduction: str = "mean", divergence: str = "kl", beta: float = 0.5,
                  logit_scale: float = 1.0, softcap: float | None = None, vocab: str = "exact",
-                 chunk_rows: int | None = None, return_parts: bool = False):
+                 chunk_rows: int | None = None, return_parts: bool = False, process_group=None):
         super().__init__()
         probe_h, probe_w = torch.zeros(1, 1), torch.zeros(1, 1)
         T, alpha, beta, logit_scale, cap = check_fused_args(
@@ -207,6 +207,8 @@ class FusedLinearDistillationLoss(nn.Module):
         self.softcap = softcap if softcap is None else cap
         self.ignore_index, self.reduction, self.divergence = ignore_index, reduction, divergence
         self.vocab, self.chunk_rows, self.return_parts = vocab, chunk_rows, return_parts
+        check_process_group(process_group, reduction)
+        self.process_group = process_group
 
     def forward(self, student_hidden, student_weight, teacher_hidden, teacher_weight, labels=None,
                 student_bias=None, teacher_bias=None):
@@ -215,7 +217,7 @@ class FusedLinearDistillationLoss(nn.Module):
             self.alpha, student_bias=student_bias, teacher_bias=teacher_bias,
             ignore_index=self.ignore_index, reduction=self.reduction, divergence=self.divergence,
             beta=self.beta, logit_scale=self.logit_scale, softcap=self.softcap, vocab=self.vocab,
-            chunk_rows=self.chunk_rows, return_parts=self.return_parts)
+            chunk_rows=self.chunk_rows, return_parts=self.return_parts, process_group=self.process_group)
 
     def extra_repr(self) -> str:
         return (f"T={self.T}, alpha={self.alpha}, divergence={self.divergence!r}, "

@@ -106,7 +106,7 @@ class DistillationLoss(nn.Module):
 
     def __init__(self, T: float = 4.0, alpha: float = 0.5, *, ignore_index: int = -100,
                  reduction: str = "mean", divergence: str = "kl", beta: float = 0.5,
-                 return_parts: bool = False):
+                 return_parts: bool = False, process_group=None):
         super().__init__()
         # Validate once here so a bad configuration fails at construction, not mid-training.
         probe = torch.zeros(1, 1)
@@ -114,12 +114,15 @@ class DistillationLoss(nn.Module):
         self.T, self.alpha, self.beta = T, alpha, beta
         self.ignore_index, self.reduction = ignore_index, reduction
         self.divergence, self.return_parts = divergence, return_parts
+        check_process_group(process_group, reduction)
+        self.process_group = process_group  # DDP / FSDP: the token mean over every rank
 
     def forward(self, student_logits, teacher_logits, labels=None):
         return distillation_loss(
             student_logits, teacher_logits, labels, self.T, self.alpha,
             ignore_index=self.ignore_index, reduction=self.reduction,
             divergence=self.divergence, beta=self.beta, return_parts=self.return_parts,
+            process_group=self.process_group,
         )
 
     def extra_repr(self) -> str:

@@ -238,8 +238,30 @@ def case_pruner(rank, world, sd, group):
     return n + 1
 
 
+def case_fit_distill_ddp(rank, world, sd, group):
+    """fit_distill with a DDP student, process_group passed to the loss: one SGD step per rank
+    on its own batch equals one process's step on the concatenated batch."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    torch.manual_seed(8)
+    teacher, student = torch.nn.Linear(6, 9), torch.nn.Linear(6, 9)
+    single = torch.nn.Linear(6, 9)
+    single.load_state_dict(student.state_dict())
+    g = torch.Generator().manual_seed(21)
+    xs = [torch.randn(2 + r, 6, generator=g) for r in range(world)]
+    ys = [torch.randint(0, 9, (2 + r,), generator=g) for r in range(world)]
+    ys[0][0] = -100
+    ddp = DDP(student)
+    sd.fit_distill(teacher, ddp, [(xs[rank], ys[rank])], torch.optim.SGD(ddp.parameters(), lr=0.5),
+                   T=2.0, alpha=0.5, progress=False, process_group=group)
+    sd.fit_distill(teacher, single, [(torch.cat(xs), torch.cat(ys))], torch.optim.SGD(single.parameters(), lr=0.5),
+                   T=2.0, alpha=0.5, progress=False)
+    for a, b in zip(student.parameters(), single.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    return 1
+
+
 CASES = [case_lists, case_dtensors, case_fully_shard, case_errors, case_calibration, case_ddp_distillation,
-         case_pruner]
+         case_pruner, case_fit_distill_ddp]
 
 
 def worker(rank, world, init_file, extra):
