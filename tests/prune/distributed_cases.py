@@ -260,8 +260,35 @@ def case_fit_distill_ddp(rank, world, sd, group):
     return 1
 
 
+def case_fsdp2_distillation(rank, world, sd, group):
+    """A fully_shard student: with process_group the sharded gradients equal one process's on
+    the concatenated batch (FSDP2 averages gradients over the ranks, as DDP does)."""
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        return 0
+    torch.manual_seed(6)
+    student, teacher, single = torch.nn.Linear(6, 10), torch.nn.Linear(6, 10), torch.nn.Linear(6, 10)
+    single.load_state_dict(student.state_dict())
+    try:
+        fully_shard(student, mesh=init_device_mesh("cpu", (world,)))
+    except Exception:
+        return 0
+    g = torch.Generator().manual_seed(31)
+    xs = [torch.randn(1 + 2 * r, 6, generator=g) for r in range(world)]
+    ys = [torch.randint(0, 10, (1 + 2 * r,), generator=g) for r in range(world)]
+    ys[-1][:2] = -100
+    sd.distillation_loss(student(xs[rank]), teacher(xs[rank]), ys[rank], process_group=group).backward()
+    x, y = torch.cat(xs), torch.cat(ys)
+    sd.distillation_loss(single(x), teacher(x), y).backward()
+    for a, b in zip(student.parameters(), single.parameters()):
+        torch.testing.assert_close(a.grad.full_tensor(), b.grad, rtol=1e-5, atol=1e-6)
+    return 1
+
+
 CASES = [case_lists, case_dtensors, case_fully_shard, case_errors, case_calibration, case_ddp_distillation,
-         case_pruner, case_fit_distill_ddp]
+         case_pruner, case_fit_distill_ddp, case_fsdp2_distillation]
 
 
 def worker(rank, world, init_file, extra):
