@@ -305,7 +305,14 @@ def write_report(result: dict, cfg: dict, seed: int, wall_s: float, out: str, by
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sparsedistill.demo", description=__doc__.split("\n\n")[0])
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lm"]:  # the transformer language model (train/lm_demo.py)
+        from .train.lm_demo import main as lm_main
+        return lm_main(argv[1:])
+    if argv[:1] == ["digits"]:
+        argv = argv[1:]
+    parser = argparse.ArgumentParser(prog="python -m sparsedistill.demo [digits | lm]", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few epochs only (a smoke test, not a result)")
     parser.add_argument("--out", default="demo_digits.md", help="markdown report; the CSV goes next to it")
     parser.add_argument("--seed", type=int, default=0)

@@ -38,12 +38,23 @@ class Attention(nn.Module):
         self.q_proj, self.k_proj = nn.Linear(c.d_model, c.d_model), nn.Linear(c.d_model, c.d_model)
         self.v_proj, self.o_proj = nn.Linear(c.d_model, c.d_model), nn.Linear(c.d_model, c.d_model)
 
-    def forward(self, x):
+    def forward(self, x, past=None):
+        """past: None (all positions, causal), or (k, v) of the earlier positions (a KV cache);
+        then the new positions attend to all of those and causally among themselves.
+        Returns the output, and with past given also the extended (k, v)."""
         b, s, d = x.shape
         heads = lambda t: t.view(b, s, self.n_heads, d // self.n_heads).transpose(1, 2)  # noqa: E731
-        y = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)),
-                                           heads(self.v_proj(x)), is_causal=True)
-        return self.o_proj(y.transpose(1, 2).reshape(b, s, d))
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        if past is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.o_proj(y.transpose(1, 2).reshape(b, s, d))
+        k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
+        t = k.shape[2]
+        mask = None
+        if s > 1:  # new position i sees the cache and the new positions up to i
+            mask = torch.ones(s, t, dtype=torch.bool, device=x.device).tril(t - s)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o_proj(y.transpose(1, 2).reshape(b, s, d)), (k, v)
 
 
 class Block(nn.Module):
@@ -53,9 +64,13 @@ class Block(nn.Module):
         self.attn = Attention(c)
         self.up_proj, self.down_proj = nn.Linear(c.d_model, c.d_ff), nn.Linear(c.d_ff, c.d_model)
 
-    def forward(self, x):
-        x = x + self.attn(self.attn_norm(x))
-        return x + self.down_proj(F.gelu(self.up_proj(self.mlp_norm(x))))
+    def forward(self, x, past=None):
+        if past is None:
+            x = x + self.attn(self.attn_norm(x))
+            return x + self.down_proj(F.gelu(self.up_proj(self.mlp_norm(x))))
+        a, present = self.attn(self.attn_norm(x), past)
+        x = x + a
+        return x + self.down_proj(F.gelu(self.up_proj(self.mlp_norm(x)))), present
 
 
 class TinyLM(nn.Module):
@@ -87,6 +102,27 @@ class TinyLM(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden(ids))
+
+    @torch.inference_mode()
+    def generate(self, ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Greedy decoding with a KV cache: ids (B, S) -> (B, S + new_tokens). The prompt is one
+        forward (prefill); each new token is one position through every block."""
+        if ids.shape[-1] + new_tokens > self.config.max_len:
+            raise ValueError(f"prompt + new_tokens must fit max_len = {self.config.max_len}, got "
+                             f"{ids.shape[-1]} + {new_tokens}")
+        b, s = ids.shape
+        head_dim = self.config.d_model // self.config.n_heads
+        cache = [(self.embed.weight.new_zeros(b, self.config.n_heads, 0, head_dim),) * 2 for _ in self.layers]
+        out, step_ids, pos = [ids], ids, 0
+        for _ in range(new_tokens):
+            n = step_ids.shape[-1]
+            x = self.embed(step_ids) + self.pos(torch.arange(pos, pos + n, device=ids.device))
+            for i, block in enumerate(self.layers):
+                x, cache[i] = block(x, cache[i])
+            step_ids = self.lm_head(self.norm(x[:, -1:])).argmax(-1)
+            out.append(step_ids)
+            pos += n
+        return torch.cat(out, 1)
 
 
 def train_lm(model: nn.Module, tokens: torch.Tensor, steps: int, *, seq_len: int = 128, batch: int = 16,
