@@ -449,6 +449,29 @@ def git_commit(repo: str) -> str:
         return "unknown"
 
 
+def script_info(**extra) -> dict:
+    """The header of a standalone benchmark script's results (machine, torch, threads, commit)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return dict(machine=cpu_model(), torch=torch.__version__, threads=torch.get_num_threads(),
+                commit=git_commit(repo), **extra)
+
+
+def write_script_results(out_dir: str, name: str, payload: dict, lines: list) -> str:
+    """Writes <out_dir>/<stamp>_<name>.json (payload) and .md (lines), prints the markdown;
+    returns the path without its extension."""
+    import json
+    import time
+    os.makedirs(out_dir, exist_ok=True)
+    base = os.path.join(out_dir, f"{time.strftime('%Y%m%d-%H%M%S')}_{name}")
+    with open(base + ".json", "w") as f:
+        json.dump(payload, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {base}.md, .json")
+    return base
+
+
 def run_machine(device: str, repo: str) -> dict:
     """The machine and software of a run, for the CSV columns and the JSON header."""
     info = {"cpu_model": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),

@@ -164,13 +164,7 @@ def main(argv=None) -> int:
     hist = 2 * 65537 * 8
     ours_bytes = hist + world * 8 * len(SHAPES) * ranks[0]["big"]["layers"]
     b, s = ranks[0]["big"], ranks[0]["small"]
-    info = dict(machine=C.cpu_model(), torch=torch.__version__, world=world,
-                commit=C.git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(args.out, f"{stamp}_distributed_prune_cpu{'_quick' if args.quick else ''}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(base + ".json", "w") as f:
-        json.dump(dict(info=info, ranks=ranks, ours_bytes_upper=ours_bytes), f, indent=1)
+    info = C.script_info(world=world)
     gib = 2 ** 30
     lines = [f"# Global magnitude pruning across {world} processes (gloo, CPU{', quick' if args.quick else ''})", "",
              f"{info['machine']} (2 cores for {world} processes), torch {info['torch']}, git {info['commit']}. "
@@ -198,10 +192,8 @@ def main(argv=None) -> int:
              "is the shard, its masks (a byte per weight), the interpreter and torch (~0.3 GiB), and transients.",
              "", "The peak RSS column of the small model is the process peak over all three providers "
              "(the all-gather holds the whole model's magnitudes on every rank)."]
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {base}.md, .json")
+    C.write_script_results(args.out, f"distributed_prune_cpu{'_quick' if args.quick else ''}",
+                           dict(info=info, ranks=ranks, ours_bytes_upper=ours_bytes), lines)
     return 0
 
 

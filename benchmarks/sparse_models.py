@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import random
 import tempfile
@@ -97,12 +96,11 @@ def case(kind, sparsity, dtype, batch, quick):
             with torch.inference_mode():
                 roundtrip = bool(torch.equal(back(x).last_hidden_state, chosen(x).last_hidden_state))
     best = min(ms.values())
-    linears = [dd for dd in report.decisions]
     return dict(model=kind, sparsity=sparsity, dtype=str(dtype).split(".")[-1], sequences=batch,
                 rows=batch * SEQ_LEN, dense_ms=ms["dense"], sparsify_ms=ms["sparsify"], all_ms=ms["all"],
                 sparsify_speedup=ms["dense"] / ms["sparsify"], all_speedup=ms["dense"] / ms["all"],
                 best_speedup=ms["dense"] / best, sparsify_vs_best=ms["sparsify"] / best,
-                replaced=len(report.replaced), linears=len(linears), decide_s=decide_s,
+                replaced=len(report.replaced), linears=len(report.decisions), decide_s=decide_s,
                 bytes_dense=report.bytes_before, bytes_sparse=report.bytes_after, roundtrip_equal=roundtrip,
                 kept_dense_reasons=sorted({d.reason.split(" at ")[0] for d in report.decisions if not d.replaced})[:3])
 
@@ -144,13 +142,7 @@ def main(argv=None) -> int:
                           f"{r['replaced']}/{r['linears']} layers), all {r['all_ms']:.2f} "
                           f"({r['all_speedup']:.2f}x)", flush=True)
     stable = stability(args.quick)
-    info = dict(machine=C.cpu_model(), torch=torch.__version__, threads=args.threads,
-                commit=C.git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = os.path.join(args.out, f"{stamp}_sparse_models_cpu{'_quick' if args.quick else ''}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(base + ".json", "w") as f:
-        json.dump(dict(info=info, rows=rows, stability=stable), f, indent=1)
+    info = C.script_info()
     lines = [f"# Sparsified transformers end to end (CPU{', quick' if args.quick else ''})", "",
              f"{info['machine']}, torch {info['torch']}, {info['threads']} thread(s), git {info['commit']}; "
              f"forward under inference_mode, {SEQ_LEN}-token sequences, median ms of interleaved calls.", "",
@@ -176,10 +168,8 @@ def main(argv=None) -> int:
     lines += ["", "Why layers stayed dense (sparsify's words, per case): "]
     lines += [f"- {r['model']} {r['sparsity']:.0%} {r['dtype']} x{r['sequences']}: "
               + ("; ".join(r["kept_dense_reasons"]) or "-") for r in rows]
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {base}.md, .json")
+    C.write_script_results(args.out, f"sparse_models_cpu{'_quick' if args.quick else ''}",
+                           dict(info=info, rows=rows, stability=stable), lines)
     return 0
 
 

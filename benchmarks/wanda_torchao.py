@@ -20,7 +20,6 @@ Writes benchmarks/results/<stamp>_wanda_torchao_cpu.{md,json}.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 
@@ -88,19 +87,12 @@ def main(argv=None) -> int:
     same_sq = sum(int((sd.magnitude_mask(model.get_submodule(n).weight, 0.5,
                                          scores=model.get_submodule(n).weight.detach().abs() * stats[n].sq_sum)
                        == their_masks[n]).sum()) for n in names)
-    info = dict(machine=C.cpu_model(), torch=torch.__version__, torchao=torchao.__version__,
-                threads=torch.get_num_threads(),
-                commit=C.git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    info = C.script_info(torchao=torchao.__version__)
     res = dict(info=info, torchao=dict(calibration_s=t1 - t0, prune_s=t2 - t1),
                ours_tensor={k: v for k, v in rows["tensor"].items() if k != "masks"},
                ours_row={k: v for k, v in rows["row"].items() if k != "masks"},
                masks_equal_fraction=same / total, masks_equal_fraction_squared_norm=same_sq / total,
                params=total)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = os.path.join(os.path.dirname(__file__), "results")
-    base = os.path.join(out, f"{stamp}_wanda_torchao_cpu")
-    with open(base + ".json", "w") as f:
-        json.dump(res, f, indent=1)
     ta, ot, orow = res["torchao"], res["ours_tensor"], res["ours_row"]
     lines = ["# Wanda: ours against torchao's WandaSparsifier (CPU)", "",
              f"{info['machine']}, torch {info['torch']}, torchao {info['torchao']}, {info['threads']} threads, "
@@ -120,10 +112,7 @@ def main(argv=None) -> int:
              "(the rest: exact ties, which torchao's argsort orders arbitrarily, and float rounding of the sums).",
              "Calibration times include prepare (torchao: observers via torch.ao.quantization.prepare) and "
              "the 8 forwards."]
-    with open(base + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {base}.md, .json")
+    C.write_script_results(os.path.join(os.path.dirname(__file__), "results"), "wanda_torchao_cpu", res, lines)
     return 0
 
 

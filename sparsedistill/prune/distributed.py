@@ -146,16 +146,15 @@ def distributed_masks(tensors, amount, *, scores=None, masks=None, process_group
 
     def histogram(shift, prefix):
         hist = torch.zeros(_BINS + 1, dtype=torch.int64)  # the last entry flags NaN
+        nan_error = None
         if values:
             try:
                 hist[:_BINS] = torch.ops.sparsedistill.select_histogram(values, masks_l, shift, prefix, magnitude).cpu()
             except ValueError as exc:  # NaN: flagged, raised on every rank below
-                hist[_BINS] = rank + 1
-                histogram.error = str(exc)
+                hist[_BINS], nan_error = rank + 1, str(exc)
         hist = _all_reduce(hist, group)
         if hist[_BINS]:
-            raise ValueError(getattr(histogram, "error", None) or "another rank's tensors hold NaN: "
-                             "magnitudes (or scores) must be comparable")
+            raise ValueError(nan_error or "another rank's tensors hold NaN: magnitudes (or scores) must be comparable")
         return hist[:_BINS]
 
     if k == 0:

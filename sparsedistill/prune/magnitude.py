@@ -20,16 +20,14 @@ import torch
 
 from . import ops  # noqa: F401  (defines torch.ops.sparsedistill.select_smallest / zero_smallest)
 from .checks import check_int, check_selection_args
+from .distributed import distributed_masks, dtensor_types, is_dtensor
 from .reference import group_view
 
 __all__ = ["magnitude_mask", "magnitude_prune_", "global_magnitude_masks", "global_magnitude_prune_"]
 
 
 def _distributed(tensors, process_group) -> bool:
-    if process_group is not None:
-        return True
-    from .distributed import is_dtensor
-    return any(is_dtensor(t) for t in tensors)
+    return process_group is not None or any(is_dtensor(t) for t in tensors)
 
 
 def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=None,
@@ -49,7 +47,6 @@ def global_magnitude_masks(tensors: Sequence[torch.Tensor], amount, *, scores=No
     see sparsedistill/prune/distributed.py."""
     tensors = list(tensors)
     if _distributed(tensors, process_group):
-        from .distributed import distributed_masks
         return distributed_masks(tensors, amount, scores=scores, masks=masks, process_group=process_group)
     tensors, scores, masks, k, index = check_selection_args(tensors, amount, scores, masks)
     values = scores if scores is not None else [t.detach() for t in tensors]
@@ -67,7 +64,6 @@ def global_magnitude_prune_(tensors: Sequence[torch.Tensor], amount, *, scores=N
     global_magnitude_masks."""
     tensors = list(tensors)
     if _distributed(tensors, process_group):
-        from .distributed import distributed_masks
         return distributed_masks(tensors, amount, scores=scores, masks=masks, process_group=process_group,
                                  zero=True)
     tensors, scores, masks, k, index = check_selection_args(tensors, amount, scores, masks, writes=True)
@@ -160,7 +156,6 @@ def grouped_prune_(tensor: torch.Tensor, amount, mask, tile: tuple[int, int], co
 def _local_grouped(fn, tensor, amount, scores, mask, group):
     """A per-row (or row-tile) selection of a Shard(0) DTensor: rows never straddle shards, so
     each rank selects in its own shard; the result is a DTensor of the same placement."""
-    from .distributed import dtensor_types
     DTensor, Shard = dtensor_types()
     local = lambda x: x.to_local() if isinstance(x, DTensor) else x  # noqa: E731
     tile = group_shape(group, tuple(tensor.shape))

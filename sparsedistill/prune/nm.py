@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .checks import check_dim, check_float_tensor, check_int
+from .distributed import dtensor_types
 
 __all__ = ["nm_mask", "to_semi_structured"]
 
@@ -23,7 +24,6 @@ def nm_mask(tensor: torch.Tensor, n: int = 2, m: int = 4, dim: int = -1, *, scor
     built) on a view with `dim` moved last; float64 magnitudes are compared in float64.
     A Shard(0) DTensor (FSDP2) with dim != 0 is masked within each rank's shard (its groups
     never straddle shards); the mask is a DTensor of the same placement."""
-    from .distributed import dtensor_types
     DTensor, Shard = dtensor_types()
     if DTensor is not None and isinstance(tensor, DTensor):
         d = dim + tensor.dim() if isinstance(dim, int) and dim < 0 else dim

@@ -59,22 +59,19 @@ def save_pretrained(model: nn.Module, path, **kwargs) -> dict:
                             f"model's save_pretrained; {type(model).__name__} is not one")
         from safetensors.torch import save_model
         save_model(model, os.path.join(path, WEIGHTS_FILE))
-    layers = sparse_layers(model)
-    meta = {"format": 1, "library": "sparsedistill", "sparse_layers": layers,
-            "checkpoint_tensor_bytes": state_dict_bytes(model),
-            "dense_equivalent_bytes": _dense_equivalent_bytes(model)}
+    tensor_bytes = state_dict_bytes(model)
+    meta = {"format": 1, "library": "sparsedistill", "sparse_layers": sparse_layers(model),
+            "checkpoint_tensor_bytes": tensor_bytes,
+            "dense_equivalent_bytes": tensor_bytes + _bytes_saved_by_sparsity(model)}
     with open(os.path.join(path, METADATA_FILE), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
 
 
-def _dense_equivalent_bytes(model: nn.Module) -> int:
-    total = state_dict_bytes(model)
-    for m in model.modules():
-        if isinstance(m, SparseLinear):
-            sw = m.sparse_weight
-            total += m.in_features * m.out_features * m.values.element_size() - sw.nbytes()
-    return total
+def _bytes_saved_by_sparsity(model: nn.Module) -> int:
+    """Dense weight bytes minus compressed bytes, over every SparseLinear."""
+    return sum(m.in_features * m.out_features * m.values.element_size() - m.sparse_weight.nbytes()
+               for m in model.modules() if isinstance(m, SparseLinear))
 
 
 # -------------------------------------------------------------------------------------- loading

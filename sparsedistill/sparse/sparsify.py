@@ -4,12 +4,12 @@ another copy of the model without timing again."""
 from __future__ import annotations
 
 import fnmatch
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .._timing import time_calls_ms
 from .modules import SparseLinear
 
 # Heads that are usually kept dense: poolers and classifiers are small and run once per
@@ -87,16 +87,6 @@ def state_dict_bytes(model: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------------- timing
-def _call_ms(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def compare_ms(dense_fn, sparse_fn, device: str, *, min_pairs: int = 15,
                min_time_s: float = 0.04, max_pairs: int = 1000):
     """Interleaved timing on a noisy machine: dense and sparse alternate (which runs first
@@ -108,11 +98,11 @@ def compare_ms(dense_fn, sparse_fn, device: str, *, min_pairs: int = 15,
     t_dense = t_sparse = 0.0
     while len(ratios) < max_pairs and (len(ratios) < min_pairs or min(t_dense, t_sparse) < min_time_s * 1e3):
         if len(ratios) % 2:
-            s = _call_ms(sparse_fn, device)
-            d = _call_ms(dense_fn, device)
+            s = time_calls_ms(sparse_fn, 1, device)[0]
+            d = time_calls_ms(dense_fn, 1, device)[0]
         else:
-            d = _call_ms(dense_fn, device)
-            s = _call_ms(sparse_fn, device)
+            d = time_calls_ms(dense_fn, 1, device)[0]
+            s = time_calls_ms(sparse_fn, 1, device)[0]
         dense.append(d), sparse.append(s), ratios.append(d / max(s, 1e-9))
         t_dense, t_sparse = t_dense + d, t_sparse + s
     med = lambda v: sorted(v)[len(v) // 2]

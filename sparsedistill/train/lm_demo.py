@@ -151,8 +151,7 @@ def fit(student, teacher, train_ids, steps, cfg, *, distill: bool, pruner=None, 
         opt.step()
         sched.step()
         if pruner is not None:
-            pruner.step(step)
-            pruner.apply_()
+            pruner.step(step)  # prunes on schedule and re-zeroes what the optimiser moved
         bar.update(1)
     bar.close()
     student.eval()

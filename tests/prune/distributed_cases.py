@@ -35,6 +35,18 @@ def split_like(flat_list, rank, world, seed=0):
     return flat_list[start:start + len(rank_tensors(rank, world, seed))]
 
 
+def shard_fsdp2(module, world) -> bool:
+    """fully_shard(module) on a 1-D CPU mesh; False where this torch's FSDP2 lacks it or does
+    not run on CPU (the FSDP2 cases then have nothing to test)."""
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+        fully_shard(module, mesh=init_device_mesh("cpu", (world,)))
+        return True
+    except Exception:
+        return False
+
+
 def case_lists(rank, world, sd, group):
     n = 0
     for seed in range(3):
@@ -91,18 +103,10 @@ def case_dtensors(rank, world, sd, group):
 def case_fully_shard(rank, world, sd, group):
     """FSDP2 parameters of a model: masks equal the unsharded model's, and MaskedPruner keeps
     every shard's mask in step."""
-    try:
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:
-        return 0
-    from torch.distributed.device_mesh import init_device_mesh
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
     reference = [p.detach().clone() for p in model.parameters() if p.dim() > 1]
-    mesh = init_device_mesh("cpu", (world,))
-    try:
-        fully_shard(model, mesh=mesh)
-    except Exception:  # this torch's FSDP2 does not run on CPU: nothing to test
+    if not shard_fsdp2(model, world):
         return 0
     params = [p for p in model.parameters() if p.dim() > 1]
     got = sd.global_magnitude_masks(params, 0.7)
@@ -213,14 +217,7 @@ def case_pruner(rank, world, sd, group):
     torch.manual_seed(4)
     model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 5))
     reference = [p.detach().clone() for p in model.parameters() if p.dim() > 1]
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-        fully_shard(model, mesh=init_device_mesh("cpu", (world,)))
-        sharded = True
-    except Exception:
-        sharded = False
-    if sharded:
+    if shard_fsdp2(model, world):
         params = [p for p in model.parameters() if p.dim() > 1]
         pruner = sd.MaskedPruner(params, lambda step: 0.6)
         pruner.step(0)
@@ -263,17 +260,10 @@ def case_fit_distill_ddp(rank, world, sd, group):
 def case_fsdp2_distillation(rank, world, sd, group):
     """A fully_shard student: with process_group the sharded gradients equal one process's on
     the concatenated batch (FSDP2 averages gradients over the ranks, as DDP does)."""
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import fully_shard
-    except ImportError:
-        return 0
     torch.manual_seed(6)
     student, teacher, single = torch.nn.Linear(6, 10), torch.nn.Linear(6, 10), torch.nn.Linear(6, 10)
     single.load_state_dict(student.state_dict())
-    try:
-        fully_shard(student, mesh=init_device_mesh("cpu", (world,)))
-    except Exception:
+    if not shard_fsdp2(student, world):
         return 0
     g = torch.Generator().manual_seed(31)
     xs = [torch.randn(1 + 2 * r, 6, generator=g) for r in range(world)]
