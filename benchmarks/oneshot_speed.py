@@ -89,19 +89,29 @@ def whole_model_wanda(device, layers):
             w.sum()
         read_s = time.perf_counter() - t
 
-    def prune_all(ws):
+    from sparsedistill.prune.oneshot import wanda_prune_
+
+    def fused(ws):  # what prune_model(method="wanda") runs: one op per layer, no scores tensor
         for n, w in ws.items():
-            scores = sd.wanda_scores(w, stats[n])
-            sd.magnitude_prune_(w, 0.5, scores=scores, group="row")
-    first = {n: w.clone() for n, w in list(weights.items())[:7]}  # warm the kernels on one block
-    prune_all(first)
-    del first
-    t = time.perf_counter()
-    prune_all(weights)
-    wanda_s = time.perf_counter() - t
-    zero = sum(int((w == 0).sum()) for w in weights.values()) / params
-    row = dict(params=params, weight_gb=nbytes / 1e9, read_pass_s=read_s, wanda_s=wanda_s,
-               passes=wanda_s / read_s, sparsity=zero)
+            wanda_prune_(w, stats[n], 0.5)
+
+    def composed(ws):  # the composable path: a scores tensor, then the per-row selection
+        for n, w in ws.items():
+            sd.magnitude_prune_(w, 0.5, scores=sd.wanda_scores(w, stats[n]), group="row")
+
+    row = dict(params=params, weight_gb=nbytes / 1e9, read_pass_s=read_s)
+    for name, prune_all in (("composed", composed), ("wanda", fused)):  # the clones first: fused prunes `weights`
+        work = {n: w.clone() for n, w in weights.items()} if name == "composed" else weights
+        first = {n: w.clone() for n, w in list(work.items())[:7]}  # warm the kernels on one block
+        prune_all(first)
+        del first
+        t = time.perf_counter()
+        prune_all(work)
+        row[f"{name}_s"] = time.perf_counter() - t
+        row[f"{name}_passes"] = row[f"{name}_s"] / read_s
+        row[f"{name}_sparsity"] = sum(int((w == 0).sum()) for w in work.values()) / params
+        del work
+    row["passes"], row["sparsity"] = row["wanda_passes"], row["wanda_sparsity"]
     print(row, flush=True)
     return row
 
@@ -137,13 +147,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true", help="smaller sizes: a plumbing check")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    p.add_argument("--parts", default="selection,wanda,sparsegpt", help="comma-separated subset to run")
     args = p.parse_args(argv)
     device = C.resolve_device(args.device)
     quick = args.quick
+    parts = set(args.parts.split(","))
     shapes = [(512, 4096)] if quick else [(4096, 4096), (11008, 4096)]
-    sel = per_row_selection(device, 3 if quick else 5, shapes)
-    model = whole_model_wanda(device, 1 if quick else 22)
-    sgpt = sparsegpt_layer(device, 2048 if quick else 128 * 2048, 512 if quick else 4096)
+    sel = per_row_selection(device, 3 if quick else 5, shapes) if "selection" in parts else []
+    model = whole_model_wanda(device, 1 if quick else 22) if "wanda" in parts else None
+    sgpt = (sparsegpt_layer(device, 2048 if quick else 128 * 2048, 512 if quick else 4096)
+            if "sparsegpt" in parts else None)
     info = dict(machine=C.cpu_model() if device == "cpu" else torch.cuda.get_device_name(),
                 torch=torch.__version__, threads=torch.get_num_threads(),
                 commit=C.git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -159,15 +172,21 @@ def main(argv=None) -> int:
              "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['shape']} | {r['dtype']} | {r['ours_ms']:.2f} | {r['sort_ms']:.2f} | {r['topk_ms']:.2f} | "
               f"{r['vs_sort']:.1f}x | {r['vs_topk']:.1f}x |" for r in sel]
-    lines += ["", "## Whole-model Wanda, given the statistics (scores, per-row selection, zeroing)", "",
-              f"{model['params'] / 1e9:.2f} B parameters in the Linears ({model['weight_gb']:.2f} GB float32): "
-              f"Wanda {model['wanda_s']:.2f} s; one read pass over the weights {model['read_pass_s']:.3f} s: "
-              f"**{model['passes']:.1f} passes** (target <= 3); sparsity {model['sparsity']:.3f}.", "",
-              "## SparseGPT, one layer", "",
-              f"{sgpt['layer']}, Hessian of {sgpt['tokens']} tokens (X^T X: {sgpt['hessian_s']:.2f} s, "
-              f"the same for both): ours {sgpt['ours_s']:.2f} s, published step (torch port) "
-              f"{sgpt['published_s']:.2f} s: **{sgpt['speedup']:.2f}x**; largest difference of the "
-              f"pruned weights {sgpt['max_abs_diff']:.2e} (weights up to {sgpt['max_abs_w']:.2f}).", ""]
+    if model:
+        lines += ["", "## Whole-model Wanda, given the statistics (scores, per-row selection, zeroing)", "",
+                  f"{model['params'] / 1e9:.2f} B parameters in the Linears ({model['weight_gb']:.2f} GB float32); "
+                  f"one read pass over the weights {model['read_pass_s']:.3f} s.", "",
+                  f"- `wanda_prune_` (what `prune_model(method=\"wanda\")` runs: one op per layer ranks by |W| "
+                  f"times the column norms and zeroes in its mask pass): {model['wanda_s']:.2f} s = "
+                  f"**{model['wanda_passes']:.1f} passes** (target <= 3); sparsity {model['wanda_sparsity']:.3f}.",
+                  f"- composed (`wanda_scores`, then `magnitude_prune_(scores=..., group=\"row\")`): "
+                  f"{model['composed_s']:.2f} s = {model['composed_passes']:.1f} passes.", ""]
+    if sgpt:
+        lines += ["## SparseGPT, one layer", "",
+                  f"{sgpt['layer']}, Hessian of {sgpt['tokens']} tokens (X^T X: {sgpt['hessian_s']:.2f} s, "
+                  f"the same for both): ours {sgpt['ours_s']:.2f} s, published step (torch port) "
+                  f"{sgpt['published_s']:.2f} s: **{sgpt['speedup']:.2f}x**; largest difference of the "
+                  f"pruned weights {sgpt['max_abs_diff']:.2e} (weights up to {sgpt['max_abs_w']:.2f}).", ""]
     with open(base + ".md", "w") as f:
         f.write("\n".join(lines))
     print("\n".join(lines))

@@ -5,6 +5,8 @@ layer and global), Wanda and SparseGPT, each from the same dense checkpoint.
 
     python -m benchmarks.prune_quality            # ~5 minutes on 2 CPU cores
     python -m benchmarks.prune_quality --steps 60 --tiny   # plumbing check in seconds
+    python -m benchmarks.prune_quality --demo-teacher      # the LM demo's 12 x 256 teacher (issue 17),
+                                                           # from its cache (trained there if missing)
 
 Writes benchmarks/results/<stamp>_prune_quality.{md,json} (and a plot with matplotlib).
 """
@@ -26,28 +28,38 @@ METHODS = ["magnitude", "global_magnitude", "wanda", "sparsegpt"]
 
 def main(argv=None) -> int:
     from sparsedistill.prune import prune_model
-    from sparsedistill.train.lm import LMConfig, TinyLM, perplexity, train_lm
+    from sparsedistill.train.lm import LMConfig, TinyLM, native_bf16, perplexity, train_lm
     from sparsedistill.train.text import encode, random_windows, stdlib_corpus, train_tokenizer
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--tiny", action="store_true", help="a 2-layer model on 1 MB of text")
+    p.add_argument("--demo-teacher", action="store_true",
+                   help="prune the teacher of `python -m sparsedistill.demo lm` (its corpus, tokenizer and cache)")
     p.add_argument("--calib", type=int, default=64, help="calibration sequences (of --seq tokens)")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    train_text, val_text = stdlib_corpus((1 if args.tiny else 8) << 20)
-    tok = train_tokenizer(train_text, vocab_size=2048 if args.tiny else 4096)
-    train_ids, val_ids = encode(tok, train_text), encode(tok, val_text)
-    cfg = LMConfig(vocab_size=tok.get_vocab_size(), max_len=args.seq,
-                   **(dict(d_model=64, n_layers=2, n_heads=4, d_ff=256) if args.tiny else {}))
-    model = TinyLM(cfg)
-    print(f"corpus: {len(train_text) / 1e6:.1f} MB train ({train_ids.numel()} tokens), "
-          f"{len(val_text) / 1e6:.2f} MB validation ({val_ids.numel()} tokens); "
+    if args.demo_teacher:
+        from sparsedistill.train import lm_demo
+        demo = lm_demo.DemoConfig(bf16=native_bf16())
+        tok, ids, _, cache = lm_demo.corpus_and_tokens(demo)
+        train_ids, val_ids = ids["train"], ids["validation"]
+        model, cached = lm_demo.teacher_model(demo, train_ids, cache)
+        cfg, args.steps, args.seq = demo.model, demo.teacher_steps, demo.seq_len
+        print(f"the LM demo's teacher ({'from its cache' if cached else 'trained now'})", flush=True)
+    else:
+        train_text, val_text, _ = stdlib_corpus((1 if args.tiny else 8) << 20)
+        tok = train_tokenizer(train_text, vocab_size=2048 if args.tiny else 4096)
+        train_ids, val_ids = encode(tok, train_text), encode(tok, val_text)
+        cfg = LMConfig(vocab_size=tok.get_vocab_size(), max_len=args.seq,
+                       **(dict(d_model=64, n_layers=2, n_heads=4, d_ff=256) if args.tiny else {}))
+        model = TinyLM(cfg)
+        train_lm(model, train_ids, args.steps, seq_len=args.seq, log_every=max(1, args.steps // 10))
+    print(f"corpus: {train_ids.numel()} training tokens, {val_ids.numel()} validation tokens; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
-    train_lm(model, train_ids, args.steps, seq_len=args.seq, log_every=max(1, args.steps // 10))
     train_s = time.perf_counter() - t0
     g = torch.Generator().manual_seed(1)
     calib = [random_windows(train_ids, args.seq - 1, 8, g) for _ in range(max(1, args.calib // 8))]
@@ -76,7 +88,8 @@ def main(argv=None) -> int:
                 steps=args.steps, config=cfg.__dict__, dense_ppl=dense_ppl,
                 calibration=f"{len(calib) * 8} sequences of {args.seq - 1} tokens from the training split",
                 train_tokens=train_ids.numel(), val_tokens=val_ids.numel(), train_s=train_s)
-    base = os.path.join(args.out, f"{stamp}_prune_quality{'_tiny' if args.tiny else ''}")
+    suffix = "_demo_teacher" if args.demo_teacher else "_tiny" if args.tiny else ""
+    base = os.path.join(args.out, f"{stamp}_prune_quality{suffix}")
     with open(base + ".json", "w") as f:
         json.dump(dict(meta=meta, rows=rows), f, indent=1)
     by = {(r["case"], r["method"]): r for r in rows}
@@ -85,7 +98,9 @@ def main(argv=None) -> int:
              f"{meta['machine']}, torch {meta['torch']}, {meta['threads']} threads, git {meta['commit']}. "
              f"Model {cfg.n_layers} layers x d {cfg.d_model} (ff {cfg.d_ff}, vocab {cfg.vocab_size}, "
              f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters), trained {args.steps} steps "
-             f"of 16 x {args.seq} tokens ({train_s:.0f} s). Calibration: {meta['calibration']}. "
+             f"of 16 x {args.seq} tokens"
+             + (" (the LM demo's cached teacher)" if args.demo_teacher else f" ({train_s:.0f} s)")
+             + f". Calibration: {meta['calibration']}. "
              "Pruned: every Linear of the blocks (not the LM head, not the embeddings).",
              "",
              f"Dense validation perplexity: **{dense_ppl:.2f}** ({val_ids.numel()} tokens of held-out files).",

@@ -3,11 +3,14 @@
 // output row for Wanda. Tiles run in parallel, one task each:
 //   1. the tile's order keys (order_keys.h) into a thread-local buffer, row-major in the tile;
 //      not-eligible elements get the key 0xffffffff, above every real key (NaN is rejected);
-//   2. the k-th smallest key K by radix selection: an 11-bit histogram of the top bits, then of
-//      the next 11 and the last 10 bits among the keys that share the bits found so far (the
-//      candidates are copied out after the first pass, so later passes read few keys);
+//   2. the k-th smallest key K by radix selection: an 11-bit histogram of the top bits (below
+//      the sign bit for magnitudes, whose keys all have it set), then of the next 11 and the
+//      last bits among the keys that share the bits found so far (the candidates are copied
+//      out after the first pass, so later passes read few keys);
 //   3. the mask pass in tile order: keys < K are pruned, and of the keys == K the first
-//      (k - #below) in row-major tile order: the tie rule of every pruning function.
+//      (k - #below) in row-major tile order: the tie rule of every pruning function. When
+//      pruning in place with no tie at K (the usual call), the mask and the zeros are written
+//      in the same pass.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -42,19 +45,40 @@ bool has_nan(const at::Tensor& v) {
 }
 
 // The rank-th smallest (1-based) of keys[0, n), rank in [1, n]; *below = how many keys are
-// strictly smaller, *equal how many equal it. tmp: scratch of at least n keys.
+// strictly smaller, *equal how many equal it. tmp: scratch of at least n keys. top_bit_set:
+// every key has bit 31 set (magnitude keys, and kNotEligible), so the digits cover bits 30..0
+// and the first one resolves one more mantissa bit.
 uint32_t kth_key(const uint32_t* keys, int64_t n, int64_t rank, std::vector<uint32_t>& tmp,
-                 int64_t* below, int64_t* equal) {
-  static constexpr int kShift[3] = {21, 10, 0}, kBits[3] = {11, 11, 10};
-  int32_t hist[1 << 11];
-  uint32_t prefix = 0;
+                 int64_t* below, int64_t* equal, bool top_bit_set) {
+  static constexpr int kSignedShift[3] = {21, 10, 0}, kSignedBits[3] = {11, 11, 10};
+  static constexpr int kMagShift[3] = {20, 9, 0}, kMagBits[3] = {11, 11, 9};
+  const int* shifts = top_bit_set ? kMagShift : kSignedShift;
+  const int* widths = top_bit_set ? kMagBits : kSignedBits;
+  // Four interleaved histograms for the first pass: neighbouring keys of a row mostly share
+  // their top digit, and one histogram would make each increment wait for the previous one.
+  int32_t hist4[4][1 << 11];
+  int32_t* hist = hist4[0];
+  uint32_t prefix = top_bit_set ? 0x80000000u : 0u;
   int64_t smaller = 0, count = n;
   const uint32_t* src = keys;
   for (int pass = 0; pass < 3; ++pass) {
-    const int shift = kShift[pass], bins = 1 << kBits[pass];
+    const int shift = shifts[pass], bins = 1 << widths[pass];
     const uint32_t digit_mask = static_cast<uint32_t>(bins - 1);
-    std::fill(hist, hist + bins, 0);
-    for (int64_t i = 0; i < count; ++i) ++hist[(src[i] >> shift) & digit_mask];
+    if (pass == 0 && count >= 1024) {
+      for (auto& h : hist4) std::fill(h, h + bins, 0);
+      int64_t i = 0;
+      for (; i + 4 <= count; i += 4) {
+        ++hist4[0][(src[i] >> shift) & digit_mask];
+        ++hist4[1][(src[i + 1] >> shift) & digit_mask];
+        ++hist4[2][(src[i + 2] >> shift) & digit_mask];
+        ++hist4[3][(src[i + 3] >> shift) & digit_mask];
+      }
+      for (; i < count; ++i) ++hist4[0][(src[i] >> shift) & digit_mask];
+      for (int b = 0; b < bins; ++b) hist[b] += hist4[1][b] + hist4[2][b] + hist4[3][b];
+    } else {
+      std::fill(hist, hist + bins, 0);
+      for (int64_t i = 0; i < count; ++i) ++hist[(src[i] >> shift) & digit_mask];
+    }
     int b = 0;
     for (; b < bins; ++b) {
       if (rank <= hist[b]) break;
@@ -157,11 +181,26 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         int64_t ties = 0, equal = 0;
         if (want > 0) {
           int64_t below = 0;
-          K = kth_key(keys.data(), tile, want, tmp, &below, &equal);
+          K = kth_key(keys.data(), tile, want, tmp, &below, &equal, sign_mask == 0x7fffffffu);
           ties = want - below;
         }
         // Every key == K goes (the usual case: no tie at the threshold): one compare, no scan.
         const bool all_ties = want > 0 && ties == equal;
+        if (all_ties && zero && !ep) {  // the usual pruning call: mask and zeros in one pass
+          for (int64_t r = 0; r < group_rows; ++r) {
+            const int64_t base = (r0 + r) * cols + c0;
+            bool* __restrict__ out = mp + base;
+            scalar_t* __restrict__ xr = x + base;
+            const uint32_t* __restrict__ kr = keys.data() + r * group_cols;
+            const scalar_t zero_value(0);
+            for (int64_t c = 0; c < group_cols; ++c) {
+              const bool kept = kr[c] > K;
+              out[c] = kept;
+              xr[c] = kept ? xr[c] : zero_value;
+            }
+          }
+          continue;
+        }
         for (int64_t r = 0; r < group_rows; ++r) {
           const int64_t base = (r0 + r) * cols + c0;
           bool* out = mp + base;

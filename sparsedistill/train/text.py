@@ -1,13 +1,13 @@
 """Real text that ships offline: the Python standard library's own source files, tokenised by a
 byte-level BPE trained on them with Hugging Face `tokenizers` (pip install tokenizers).
 
-    train_text, val_text = stdlib_corpus(max_bytes=4 << 20)
+    train_text, val_text, test_text = stdlib_corpus(max_bytes=4 << 20)
     tok = train_tokenizer(train_text, vocab_size=4096)
     train_ids, val_ids = encode(tok, train_text), encode(tok, val_text)
 
-The split is by file (a stable hash of the path puts 1 file in 10 into validation), so no file
-is seen in both; the order of files is sorted, so the corpus is the same on every run of one
-Python version.
+The split is by file: a stable hash of the path relative to the stdlib's root puts 1 file in 10
+into validation and another 1 in 10 into test, so no file is seen in two splits; the order of
+files is sorted, so the corpus is the same on every run of one Python version.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import sysconfig
 
 import torch
 
-__all__ = ["stdlib_source_files", "stdlib_corpus", "train_tokenizer", "encode", "random_windows"]
+__all__ = ["stdlib_source_files", "split_of", "stdlib_corpus", "train_tokenizer", "encode", "random_windows"]
 
 _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__",
               "lib2to3", "encodings", "pydoc_data"}
@@ -35,35 +35,37 @@ def stdlib_source_files() -> list[str]:
     return out
 
 
-def _is_validation(path: str, root: str) -> bool:
+def split_of(path: str, root: str) -> str:
+    """'validation', 'test' or 'train': the first byte of the SHA-1 of the relative path, mod 10
+    (0: validation, 1: test)."""
     rel = os.path.relpath(path, root).replace(os.sep, "/")
-    return hashlib.sha1(rel.encode()).digest()[0] % 10 == 0
+    bucket = hashlib.sha1(rel.encode()).digest()[0] % 10
+    return {0: "validation", 1: "test"}.get(bucket, "train")
 
 
-def stdlib_corpus(max_bytes: int = 4 << 20, val_bytes: int | None = None) -> tuple[str, str]:
-    """(train_text, val_text): files concatenated in sorted order until max_bytes of training
-    text (and val_bytes of validation text, default max_bytes // 8) are reached."""
+def stdlib_corpus(max_bytes: int = 4 << 20, held_out_bytes: int | None = None) -> tuple[str, str, str]:
+    """(train_text, validation_text, test_text): each split's files concatenated in sorted order
+    until max_bytes of training text (and held_out_bytes, default max_bytes // 8, of validation
+    and of test text) are reached."""
     root = sysconfig.get_paths()["stdlib"]
-    val_bytes = max_bytes // 8 if val_bytes is None else val_bytes
-    train, val, nt, nv = [], [], 0, 0
+    held_out_bytes = max_bytes // 8 if held_out_bytes is None else held_out_bytes
+    limit = {"train": max_bytes, "validation": held_out_bytes, "test": held_out_bytes}
+    parts = {name: [] for name in limit}
+    size = dict.fromkeys(limit, 0)
     for path in stdlib_source_files():
-        is_val = _is_validation(path, root)
-        if (nv >= val_bytes) if is_val else (nt >= max_bytes):
-            if nt >= max_bytes and nv >= val_bytes:
-                break
+        if all(size[k] >= limit[k] for k in limit):
+            break
+        split = split_of(path, root)
+        if size[split] >= limit[split]:
             continue
         try:
             with open(path, encoding="utf-8") as f:
                 text = f.read()
         except (UnicodeDecodeError, OSError):
             continue
-        if is_val:
-            val.append(text)
-            nv += len(text)
-        else:
-            train.append(text)
-            nt += len(text)
-    return "\n".join(train)[:max_bytes], "\n".join(val)[:val_bytes]
+        parts[split].append(text)
+        size[split] += len(text)
+    return tuple("\n".join(parts[k])[:limit[k]] for k in ("train", "validation", "test"))
 
 
 def train_tokenizer(text: str, vocab_size: int = 4096):

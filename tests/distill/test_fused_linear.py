@@ -164,6 +164,21 @@ def test_bf16_logits_are_not_rounded_first(device):
     assert err(got[1], f32[1]) < err(b16[1], f32[1])
 
 
+def test_bf16_call_leaves_the_matmul_precision_setting_as_it_was():
+    """The CPU kernel may run a bf16 model's GEMMs in oneDNN's bf16 mode; the global setting is
+    restored after the call and after a rejected one."""
+    mkl = torch.backends.mkldnn.matmul
+    before = mkl.fp32_precision
+    d = make(dtype=torch.bfloat16, hs=64, v=300)
+    ours(d, chunk_rows=7)
+    assert mkl.fp32_precision == before
+    with pytest.raises(ValueError):
+        FUSED(d["h_s"], d["w_s"], d["h_t"], d["w_t"], d["y"] + 1000)
+    assert mkl.fp32_precision == before
+    a, b = torch.randn(64, 64), torch.randn(64, 64)
+    assert torch.allclose(a @ b, (a.double() @ b.double()).float(), rtol=1e-5, atol=1e-4)  # float32 still
+
+
 # ----------------------------------------------------------------------------- vocabularies
 
 

@@ -165,6 +165,31 @@ def test_zero_smallest_grouped_masks_and_zeroes(device, shape, tile, dtype, scal
         assert torch.equal(got_v, v * got_m)
 
 
+@pytest.mark.parametrize("cols", [1024, 2049, 5632])
+@pytest.mark.parametrize("scaled", [False, True])
+def test_zero_smallest_grouped_on_continuous_rows(device, cols, scaled):
+    """Rows without ties at the threshold (the one-pass mask-and-zero path), with exact zeros,
+    infinities and magnitudes over many exponents, against the reference."""
+    gen = torch.Generator().manual_seed(cols)
+    v = torch.randn(9, cols, generator=gen) * torch.exp(torch.randn(9, cols, generator=gen) * 4)
+    v[0, ::7] = 0.0
+    v[1, 3] = float("inf")
+    v[2, 5] = -float("inf")
+    v = v.to(device)
+    k = torch.tensor([0, 1, cols // 2, cols - 1, cols, 7, cols // 3, cols // 2 + 1, 2 * cols // 3],
+                     dtype=torch.int64, device=device).unsqueeze(1)
+    scale = (torch.rand(cols, generator=gen) * 3).to(device) if scaled else None
+    got_v, got_m = v.clone(), torch.empty(v.shape, dtype=torch.bool, device=device)
+    torch.ops.sparsedistill.zero_smallest_grouped(got_v, got_m, None, 1, cols, k, scale)
+    want_v, want_m = v.clone(), torch.empty_like(got_m)
+    R.zero_smallest_grouped(want_v, want_m, None, 1, cols, k, scale)
+    assert torch.equal(got_m, want_m) and torch.equal(got_v, want_v)
+    assert torch.equal((~got_m).sum(1), k.squeeze(1))
+    for signed in (False, True):  # the signed keys of select_smallest_grouped (magnitude=False)
+        got = torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, cols, k, not signed)
+        assert torch.equal(got, R.select_smallest_grouped(v, None, 1, cols, k, not signed))
+
+
 @pytest.mark.parametrize("case", ["k", "nan", "scale", "mask"])
 def test_zero_smallest_grouped_rejects_without_writing(device, case):
     v = torch.randn(4, 8, device=device)
