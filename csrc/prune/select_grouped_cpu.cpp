@@ -13,10 +13,14 @@
 //      in the same pass.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -118,6 +122,44 @@ uint32_t kth_key(const uint32_t* keys, int64_t n, int64_t rank, std::vector<uint
   return prefix;
 }
 
+// The band pass of the guided selection: of keys[0, n), how many are < lo (returned), and the
+// keys in [lo, hi] copied to band (*band_n of them).
+int64_t count_and_gather(const uint32_t* keys, int64_t n, uint32_t lo, uint32_t hi, uint32_t* band,
+                         int64_t* band_n) {
+  int64_t below = 0, m = 0, i = 0;
+#if defined(__AVX512F__)
+  const __m512i vlo = _mm512_set1_epi32(static_cast<int>(lo)), vhi = _mm512_set1_epi32(static_cast<int>(hi));
+  for (; i + 16 <= n; i += 16) {
+    const __m512i k = _mm512_loadu_si512(keys + i);
+    const __mmask16 lt = _mm512_cmp_epu32_mask(k, vlo, _MM_CMPINT_LT);
+    const __mmask16 in = _mm512_mask_cmp_epu32_mask(static_cast<__mmask16>(~lt), k, vhi, _MM_CMPINT_LE);
+    // The register form of compress, then a plain store: the memory form is slow on some cores.
+    _mm512_storeu_si512(band + m, _mm512_maskz_compress_epi32(in, k));
+    below += __builtin_popcount(lt);
+    m += __builtin_popcount(in);
+  }
+#endif
+  for (; i < n; ++i) {
+    const uint32_t k = keys[i];
+    band[m] = k;
+    below += k < lo;
+    m += (k >= lo) & (k <= hi);
+  }
+  *band_n = m;
+  return below;
+}
+
+// The magnitude key of a non-negative float (order_bits of its bits).
+inline uint32_t magnitude_key(float f) { return order_bits(float_bits(f) & 0x7fffffffu); }
+
+// The float whose magnitude key is k (bit 31 set).
+inline float key_value(uint32_t k) {
+  const uint32_t u = k & 0x7fffffffu;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
 // The selection of every tile into mask (rows x cols bools). col_scale (or nullptr): keys of
 // |x_ij| * col_scale[j] (float32 products) instead of x / |x|. zero: also set the pruned
 // elements of values to zero in the mask pass (values must then be contiguous and writable).
@@ -134,8 +176,15 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, v.scalar_type(), "select_smallest_grouped", [&] {
     scalar_t* x = const_cast<scalar_t*>(v.const_data_ptr<scalar_t>());
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
-      std::vector<uint32_t> keys(tile), tmp(tile);
+      std::vector<uint32_t> keys(tile), tmp(tile + 16);
       const uint32_t sign_mask = (magnitude || col_scale) ? 0x7fffffffu : 0xffffffffu;
+      // Guided selection (rows of one matrix, magnitude keys): neighbouring rows have nearly the
+      // same threshold, so the previous row's threshold value times (1 -+ eps) brackets this
+      // row's; one vectorised pass counts the keys below the bracket and gathers those inside,
+      // and a small nth_element on them finds K. A miss falls back to the radix selection and
+      // widens eps; a band much wider than needed narrows it.
+      const bool guided = group_rows == 1 && !ep && sign_mask == 0x7fffffffu && tile >= 512;
+      float guess = -1.f, eps = 0.0625f;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t r0 = (g / grid_cols) * group_rows, c0 = (g % grid_cols) * group_cols;
         int64_t n_eligible = 0;
@@ -180,8 +229,29 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         uint32_t K = 0;
         int64_t ties = 0, equal = 0;
         if (want > 0) {
-          int64_t below = 0;
-          K = kth_key(keys.data(), tile, want, tmp, &below, &equal, sign_mask == 0x7fffffffu);
+          int64_t below = -1;
+          if (guided && guess >= 0.f && want < tile) {
+            const uint32_t lo = magnitude_key(guess * (1.f - eps)), hi = magnitude_key(guess * (1.f + eps));
+            int64_t band_n = 0;
+            const int64_t under = count_and_gather(keys.data(), tile, lo, hi, tmp.data(), &band_n);
+            if (under < want && want <= under + band_n) {
+              uint32_t* b = tmp.data();
+              std::nth_element(b, b + (want - under - 1), b + band_n);
+              K = b[want - under - 1];
+              int64_t less = 0, same = 0;
+              for (int64_t i = 0; i < band_n; ++i) {
+                less += b[i] < K;
+                same += b[i] == K;
+              }
+              below = under + less;
+              equal = same;
+              if (band_n > tile / 8 && eps > 1.f / 256) eps *= 0.5f;
+            } else if (eps < 0.5f) {
+              eps *= 2.f;
+            }
+          }
+          if (below < 0) K = kth_key(keys.data(), tile, want, tmp, &below, &equal, sign_mask == 0x7fffffffu);
+          if (guided) guess = key_value(K);
           ties = want - below;
         }
         // Every key == K goes (the usual case: no tie at the threshold): one compare, no scan.

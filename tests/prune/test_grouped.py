@@ -190,6 +190,33 @@ def test_zero_smallest_grouped_on_continuous_rows(device, cols, scaled):
         assert torch.equal(got, R.select_smallest_grouped(v, None, 1, cols, k, not signed))
 
 
+@pytest.mark.parametrize("scaled", [False, True])
+def test_row_selection_guided_by_the_previous_row(device, scaled):
+    """Many similar rows with one k (the guided path: the previous row's threshold brackets the
+    next), then rows whose scale jumps (misses that fall back), rows with ties at the
+    threshold and rows of zeros: exact against the reference."""
+    gen = torch.Generator().manual_seed(3)
+    rows, cols = 96, 2048
+    v = torch.randn(rows, cols, generator=gen)
+    v[40:48] *= 1000.0                       # a jump in scale: the bracket misses
+    v[48:56] = (v[48:56] * 4).round() / 4    # many ties at the threshold
+    v[56:58] = 0.0                           # all zeros
+    v[60:64, ::3] = 0.0
+    v = v.to(device)
+    k = torch.full((rows, 1), cols // 2, dtype=torch.int64, device=device)
+    k[70:80] = cols // 5                     # k changes: the bracket misses once, then follows
+    scale = (torch.rand(cols, generator=gen) + 0.5).to(device) if scaled else None
+    got_v, got_m = v.clone(), torch.empty(v.shape, dtype=torch.bool, device=device)
+    torch.ops.sparsedistill.zero_smallest_grouped(got_v, got_m, None, 1, cols, k, scale)
+    want_v, want_m = v.clone(), torch.empty_like(got_m)
+    R.zero_smallest_grouped(want_v, want_m, None, 1, cols, k, scale)
+    assert torch.equal(got_m, want_m) and torch.equal(got_v, want_v)
+    if not scaled:
+        got = torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, cols, k, True)
+        assert torch.equal(got, R.select_smallest_grouped(v, None, 1, cols, k, True))
+        assert torch.equal((~got).sum(1), k.squeeze(1))
+
+
 @pytest.mark.parametrize("case", ["k", "nan", "scale", "mask"])
 def test_zero_smallest_grouped_rejects_without_writing(device, case):
     v = torch.randn(4, 8, device=device)
