@@ -298,6 +298,28 @@ def run(cfg: DemoConfig, out: str, quick: bool) -> list[dict]:
     return rows
 
 
+def machine_and_commit() -> str:
+    """'<CPU model>, <cores> cores, git <commit>' (the commit when run from a git checkout)."""
+    import platform
+    import subprocess
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    return f"{cpu}, {os.cpu_count()} cores, git {commit}"
+
+
 def write_report(rows, pruned_ppl, cfg, out, quick, sizes, tokens):
     base = os.path.splitext(out)[0]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -313,7 +335,7 @@ def write_report(rows, pruned_ppl, cfg, out, quick, sizes, tokens):
              f"{sizes['test'] / 1e6:.2f} MB test ({tokens['test']}); BPE {m.vocab_size}. Teacher {m.n_layers} x "
              f"{m.d_model} (tied embeddings: {m.tie_embeddings}) trained {cfg.teacher_steps} steps; students "
              f"{m.n_layers // 2} x {m.d_model}, {cfg.student_steps} steps; fine-tuning {cfg.finetune_steps} steps; "
-             f"bf16 autocast for training: {cfg.bf16}; seed {cfg.seed}. torch {torch.__version__}, "
+             f"bf16 autocast for training: {cfg.bf16}; seed {cfg.seed}. {machine_and_commit()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads, one run. Validation ppl: the first {cfg.eval_windows} windows of "
              f"{cfg.seq_len} tokens of the validation split (also used for the one-shot table below); test ppl and "
              "top-1: the same on the test split, used for nothing else. Decode: greedy with a KV cache, batch 1; "
