@@ -4,19 +4,18 @@
 //
 // Per chunk of `chunk_rows` rows, into buffers allocated once (chunk x V float32 each, for the
 // student and the teacher logits and the gradient):
-//   1. logits = softcap(logit_scale * (h @ W.T + b)) for both models, in float32, with ATen's
-//      GEMM (MKL / oneDNN). bfloat16 / float16 weights are widened to float32 once, so the
-//      chunk's logits are float32 products of the rounded inputs, never rounded to 16 bits
-//      themselves (CPU ATen has no mm(..., out_dtype)). With pad_vocab the classes one model
-//      lacks keep -inf logits (probability 0). For a model whose hidden states, weight and
-//      bias are all bfloat16, on a CPU with native bf16 dot products, these GEMMs run in
-//      oneDNN's bf16 mode (Bf16Matmuls): bf16 products of the exact bf16 values, float32
-//      accumulation and output, so the same logits at ~3x the float32 GEMM's speed here.
+//   1. logits = softcap(logit_scale * (h @ W.T + b)) for both models, in float32, never
+//      rounded to 16 bits (CPU ATen has no mm(..., out_dtype)). A model whose hidden states,
+//      weight and bias are bf16, on a CPU with AVX512_BF16, runs our bf16 x bf16 -> float32
+//      GEMM (bf16_gemm_cpu.h) on its weight packed once per call. Any other widens its weight
+//      to float32 once and runs ATen's GEMM (MKL / oneDNN), in oneDNN's bf16 mode for an
+//      all-bf16 model on a CPU with AMX but no AVX512_BF16 (Bf16Matmuls). With pad_vocab the
+//      classes one model lacks keep -inf logits (probability 0).
 //   2. the fused row kernel of distill_loss (cpu.cpp, distill_rows_float32_cpu) on the chunk,
 //      with the gradient G written in the same pass, already weighted by row_weight;
 //   3. G through softcap and logit_scale, then grad_hidden[chunk] = G @ W_s,
 //      grad_W_s += G.T @ h_s[chunk] and grad_b_s += G.sum(0), into float32 accumulators that
-//      are cast to the inputs' dtypes at the end. For a bf16 student in bf16 mode these two
+//      are cast to the inputs' dtypes at the end (student_grads). For a bf16 student these two
 //      GEMMs round G to bf16 (float32 accumulation), as autograd's bf16 matmuls do.
 // Labels are range-checked once, against the student's classes, before the loop.
 #include <ATen/Context.h>
@@ -28,6 +27,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "distill/bf16_gemm_cpu.h"
 #include "distill/checks.h"
 #include "distill/fused_linear.h"
 #include "distill/rows_cpu.h"
@@ -82,18 +82,97 @@ bool bf16_mode(const at::Tensor& hidden, const at::Tensor& weight, const std::op
          native_bf16_cpu();
 }
 
-// One model's logits of rows [start, start + c) into z (c x V, only the first W.size(0)
-// columns are written; the rest hold -inf from the allocation).
-void chunk_logits(at::Tensor& z, const at::Tensor& h32, const at::Tensor& w32,
-                  const c10::optional<at::Tensor>& b32, double scale, double cap) {
-  at::Tensor out = z.narrow(1, 0, w32.size(0));
-  if (b32.has_value()) {
-    at::addmm_out(out, *b32, h32, w32.t());
-  } else {
-    at::mm_out(out, h32, w32.t());
+// One model's output projection for the chunks' logits. A bf16 model on a CPU with AVX512_BF16
+// uses our bf16 x bf16 -> float32 GEMM on its weight packed once (no float32 copy); any other
+// uses ATen's GEMM on a float32 copy of the weight (none for float32), in oneDNN's bf16 mode
+// where bf16_mode says so.
+struct Head {
+  Head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias)
+      : vocab(weight.size(0)), bf16(bf16_mode(hidden, weight, bias)) {
+    packed = hidden.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
+             (!bias.has_value() || bias->scalar_type() == at::kBFloat16) && hidden.size(1) % 2 == 0 &&
+             bf16_gemm_available();
+    if (packed) {
+      h = hidden.contiguous();
+      w = pack_bf16_transposed(weight.contiguous());
+    } else {
+      w = weight.to(at::kFloat).contiguous();
+    }
+    if (bias.has_value()) b = bias->to(at::kFloat).contiguous();
   }
-  transform_logits_(out, scale, cap);
-}
+
+  // The float32 logits of rows [start, start + c) of `hidden` into z (c x V, row-major; only
+  // the first `vocab` columns are written, the rest hold -inf from the allocation).
+  void logits(at::Tensor& z, const at::Tensor& hidden, int64_t start, int64_t c, double scale,
+              double cap) const {
+    at::Tensor out = z.narrow(1, 0, vocab);
+    if (packed) {
+      const int64_t kp = h.size(1) / 2;
+      bf16_gemm(c, vocab, kp, reinterpret_cast<const uint32_t*>(h.const_data_ptr()) + start * kp, kp,
+                reinterpret_cast<const uint32_t*>(w.const_data_ptr()), out.mutable_data_ptr<float>(),
+                z.size(1), false, b.has_value() ? b->const_data_ptr<float>() : nullptr);
+    } else {
+      Bf16Matmuls mode(bf16);
+      const at::Tensor x = hidden.narrow(0, start, c).to(at::kFloat);
+      if (b.has_value()) {
+        at::addmm_out(out, *b, x, w.t());
+      } else {
+        at::mm_out(out, x, w.t());
+      }
+    }
+    transform_logits_(out, scale, cap);
+  }
+
+  int64_t vocab;
+  bool bf16, packed = false;
+  at::Tensor h, w;  // contiguous bf16 hidden states (packed only); packed or float32 weight
+  std::optional<at::Tensor> b;  // float32 bias
+};
+
+// The student's weight gradients of one chunk: grad_h[rows] = G @ W, grad_w += G.T @ h. With
+// the bf16 kernel G is rounded to bf16 (as autograd's bf16 matmuls do); grad_h[rows] is ATen's
+// bf16 mm (float32 accumulation, rounded once, as the final cast would) and grad_w our GEMM
+// into the float32 accumulator. The bf16 buffers are allocated once per call (fresh pages cost
+// a page fault each here).
+class StudentGrads {
+ public:
+  StudentGrads(const Head& head, const at::Tensor& weight, int64_t chunk)
+      : head_(head), weight_(weight) {
+    if (!head.packed) return;
+    const int64_t hidden = head.h.size(1), pairs = (chunk + 1) / 2;
+    const auto opts = head.h.options();
+    g16_ = at::empty({chunk, head.vocab}, opts);
+    gh16_ = at::empty({chunk, hidden}, opts);
+    a_ = at::empty({head.vocab * pairs}, opts.dtype(at::kInt));
+    b_ = at::empty({row_pairs_words(chunk, hidden)}, opts.dtype(at::kInt));
+  }
+
+  void operator()(const at::Tensor& gc, const at::Tensor& hidden, int64_t start, int64_t c,
+                  at::Tensor& grad_h, at::Tensor& grad_w) {
+    at::Tensor gh = grad_h.narrow(0, start, c);
+    if (!head_.packed) {
+      Bf16Matmuls mode(head_.bf16);
+      at::mm_out(gh, gc, head_.w);
+      grad_w.addmm_(gc.t(), hidden.narrow(0, start, c).to(at::kFloat));
+      return;
+    }
+    at::Tensor g16 = g16_.narrow(0, 0, c), gh16 = gh16_.narrow(0, 0, c);
+    g16.copy_(gc);
+    at::mm_out(gh16, g16, weight_);
+    gh.copy_(gh16);
+    pack_bf16_transposed_pairs(g16, a_);
+    pack_bf16_row_pairs(head_.h.narrow(0, start, c), b_);
+    const int64_t pairs = (c + 1) / 2;
+    bf16_gemm(head_.vocab, grad_w.size(1), pairs, reinterpret_cast<const uint32_t*>(a_.const_data_ptr()),
+              pairs, reinterpret_cast<const uint32_t*>(b_.const_data_ptr()), grad_w.mutable_data_ptr<float>(),
+              grad_w.size(1), true, nullptr);
+  }
+
+ private:
+  const Head& head_;
+  const at::Tensor& weight_;
+  at::Tensor g16_, gh16_, a_, b_;  // G and G @ W in bf16, the packed G.T and h of a chunk
+};
 
 FusedLinearOutputs fused_linear_distill_cpu(
     const at::Tensor& student_hidden, const at::Tensor& student_weight,
@@ -114,18 +193,11 @@ FusedLinearOutputs fused_linear_distill_cpu(
     for (int64_t r = 0; r < rows; ++r) check_label_value(yp[r], r, vocab_s, ignore_index);
   }
   const auto f32 = student_hidden.options().dtype(at::kFloat);
-  // float32 copies of the weights (no copy for float32 weights).
-  const at::Tensor ws = student_weight.to(at::kFloat).contiguous();
-  const at::Tensor wt = teacher_weight.to(at::kFloat).contiguous();
-  const c10::optional<at::Tensor> bs =
-      student_bias.has_value() ? c10::optional<at::Tensor>(student_bias->to(at::kFloat)) : c10::nullopt;
-  const c10::optional<at::Tensor> bt =
-      teacher_bias.has_value() ? c10::optional<at::Tensor>(teacher_bias->to(at::kFloat)) : c10::nullopt;
+  const Head student(student_hidden, student_weight, student_bias);
+  const Head teacher(teacher_hidden, teacher_weight, teacher_bias);
   const bool per_row = row_weight.dim() == 1;
   const at::Tensor rw = row_weight.contiguous();
   const float grad_scale = per_row ? 1.f : rw.item<float>();
-  const bool bf16_s = bf16_mode(student_hidden, student_weight, student_bias);
-  const bool bf16_t = bf16_mode(teacher_hidden, teacher_weight, teacher_bias);
 
   at::Tensor loss_rows = at::empty({rows}, f32), soft_rows = at::empty({rows}, f32),
              hard_rows = at::empty({rows}, f32);
@@ -141,19 +213,12 @@ FusedLinearOutputs fused_linear_distill_cpu(
     at::Tensor s = at::full({chunk, vocab}, minus_inf, f32);
     at::Tensor t = at::full({chunk, vocab}, minus_inf, f32);
     at::Tensor g = compute_grad ? at::empty({chunk, vocab}, f32) : at::Tensor();
+    StudentGrads student_grads(student, student_weight, compute_grad ? chunk : 0);
     for (int64_t start = 0; start < rows; start += chunk) {
       const int64_t c = std::min(chunk, rows - start);
       at::Tensor sc = s.narrow(0, 0, c), tc = t.narrow(0, 0, c);
-      const at::Tensor h = student_hidden.narrow(0, start, c).to(at::kFloat);
-      {
-        Bf16Matmuls mode(bf16_s);
-        chunk_logits(sc, h, ws, bs, logit_scale, softcap);
-      }
-      {
-        Bf16Matmuls mode(bf16_t);
-        chunk_logits(tc, teacher_hidden.narrow(0, start, c).to(at::kFloat), wt, bt, logit_scale,
-                     softcap);
-      }
+      student.logits(sc, student_hidden, start, c, logit_scale, softcap);
+      teacher.logits(tc, teacher_hidden, start, c, logit_scale, softcap);
       const DistillParams p = fused_linear_chunk_params(c, vocab, T, alpha, beta, divergence,
                                                         ignore_index, y.defined(), compute_grad);
       distill_rows_float32_cpu(sc.const_data_ptr<float>(), tc.const_data_ptr<float>(),
@@ -166,11 +231,8 @@ FusedLinearOutputs fused_linear_distill_cpu(
       at::Tensor gc = g.narrow(0, 0, c).narrow(1, 0, vocab_s);
       if (per_row) gc.mul_(rw.narrow(0, start, c).unsqueeze(1));
       chain_rule_(gc, sc.narrow(1, 0, vocab_s), logit_scale, softcap);
-      at::Tensor gh = grad_h.narrow(0, start, c);
-      Bf16Matmuls mode(bf16_s);
-      at::mm_out(gh, gc, ws);
-      grad_w.addmm_(gc.t(), h);
-      if (bs.has_value()) grad_b.add_(gc.sum(0));
+      student_grads(gc, student_hidden, start, c, grad_h, grad_w);
+      if (student_bias.has_value()) grad_b.add_(gc.sum(0));
     }
   }
   at::Tensor loss = (loss_rows * rw).sum();
