@@ -8,6 +8,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "common/huge_tensor.h"
+
 #include <algorithm>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -82,7 +84,7 @@ at::Tensor pack_bf16_transposed(const at::Tensor& w) {
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.dim() == 2 && w.is_contiguous() && w.size(1) % 2 == 0,
               "pack_bf16_transposed: expected a contiguous bf16 (N, K) tensor with K even");
   const int64_t n = w.size(0), kp = w.size(1) / 2, np = panels(n);
-  at::Tensor out = at::empty({np * kp * kPanel}, w.options().dtype(at::kInt));
+  at::Tensor out = empty_huge({np * kp * kPanel}, w.options().dtype(at::kInt));
   const uint32_t* src = reinterpret_cast<const uint32_t*>(w.const_data_ptr());
   uint32_t* dst = reinterpret_cast<uint32_t*>(out.mutable_data_ptr());
   at::parallel_for(0, np, 1, [&](int64_t first, int64_t last) {

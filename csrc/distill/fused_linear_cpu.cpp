@@ -27,6 +27,7 @@
 #include <algorithm>
 #include <limits>
 
+#include "common/huge_tensor.h"
 #include "distill/bf16_gemm_cpu.h"
 #include "distill/checks.h"
 #include "distill/fused_linear.h"
@@ -141,10 +142,10 @@ class StudentGrads {
     if (!head.packed) return;
     const int64_t hidden = head.h.size(1), pairs = (chunk + 1) / 2;
     const auto opts = head.h.options();
-    g16_ = at::empty({chunk, head.vocab}, opts);
-    gh16_ = at::empty({chunk, hidden}, opts);
-    a_ = at::empty({head.vocab * pairs}, opts.dtype(at::kInt));
-    b_ = at::empty({row_pairs_words(chunk, hidden)}, opts.dtype(at::kInt));
+    g16_ = empty_huge({chunk, head.vocab}, opts);
+    gh16_ = empty_huge({chunk, hidden}, opts);
+    a_ = empty_huge({head.vocab * pairs}, opts.dtype(at::kInt));
+    b_ = empty_huge({row_pairs_words(chunk, hidden)}, opts.dtype(at::kInt));
   }
 
   void operator()(const at::Tensor& gc, const at::Tensor& hidden, int64_t start, int64_t c,
@@ -173,6 +174,12 @@ class StudentGrads {
   const at::Tensor& weight_;
   at::Tensor g16_, gh16_, a_, b_;  // G and G @ W in bf16, the packed G.T and h of a chunk
 };
+
+// x in `dtype` (x itself when it is already), a large result on huge pages (empty_huge).
+at::Tensor cast_huge(const at::Tensor& x, at::ScalarType dtype) {
+  if (x.scalar_type() == dtype) return x;
+  return empty_huge(x.sizes(), x.options().dtype(dtype)).copy_(x);
+}
 
 FusedLinearOutputs fused_linear_distill_cpu(
     const at::Tensor& student_hidden, const at::Tensor& student_weight,
@@ -203,16 +210,16 @@ FusedLinearOutputs fused_linear_distill_cpu(
              hard_rows = at::empty({rows}, f32);
   at::Tensor grad_h, grad_w, grad_b;
   if (compute_grad) {
-    grad_h = at::empty({rows, student_hidden.size(1)}, f32);
-    grad_w = at::zeros({vocab_s, student_hidden.size(1)}, f32);
+    grad_h = empty_huge({rows, student_hidden.size(1)}, f32);
+    grad_w = empty_huge({vocab_s, student_hidden.size(1)}, f32).zero_();
     grad_b = at::zeros({vocab_s}, f32);
   }
   const int64_t chunk = std::min(chunk_rows, rows);
   if (chunk > 0) {
     const float minus_inf = -std::numeric_limits<float>::infinity();
-    at::Tensor s = at::full({chunk, vocab}, minus_inf, f32);
-    at::Tensor t = at::full({chunk, vocab}, minus_inf, f32);
-    at::Tensor g = compute_grad ? at::empty({chunk, vocab}, f32) : at::Tensor();
+    at::Tensor s = empty_huge({chunk, vocab}, f32).fill_(minus_inf);
+    at::Tensor t = empty_huge({chunk, vocab}, f32).fill_(minus_inf);
+    at::Tensor g = compute_grad ? empty_huge({chunk, vocab}, f32) : at::Tensor();
     StudentGrads student_grads(student, student_weight, compute_grad ? chunk : 0);
     for (int64_t start = 0; start < rows; start += chunk) {
       const int64_t c = std::min(chunk, rows - start);
@@ -240,8 +247,8 @@ FusedLinearOutputs fused_linear_distill_cpu(
     auto none = [&] { return at::empty({0}, student_hidden.options()); };
     return {loss, loss_rows, soft_rows, hard_rows, none(), none(), none()};
   }
-  return {loss, loss_rows, soft_rows, hard_rows, grad_h.to(student_hidden.scalar_type()),
-          grad_w.to(student_weight.scalar_type()),
+  return {loss, loss_rows, soft_rows, hard_rows, cast_huge(grad_h, student_hidden.scalar_type()),
+          cast_huge(grad_w, student_weight.scalar_type()),
           student_bias.has_value() ? grad_b.to(student_bias->scalar_type())
                                    : at::empty({0}, student_hidden.options())};
 }
