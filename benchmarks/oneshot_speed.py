@@ -21,22 +21,9 @@ import time
 
 import torch
 
+from sparsedistill._timing import median_ms
+
 from . import _common as C
-
-
-def timed(fn, reps: int, device: str) -> float:
-    """Median ms of fn() after one warm-up call."""
-    fn()
-    out = []
-    for _ in range(reps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        out.append((time.perf_counter() - t) * 1e3)
-    return sorted(out)[len(out) // 2]
 
 
 def per_row_selection(device, reps, shapes):
@@ -46,7 +33,7 @@ def per_row_selection(device, reps, shapes):
         for dtype in (torch.float32, torch.bfloat16):
             w = torch.randn(shape, device=device).to(dtype)
             k = shape[1] // 2
-            ours = timed(lambda: sd.magnitude_mask(w, 0.5, group="row"), reps, device)
+            ours = median_ms(lambda: sd.magnitude_mask(w, 0.5, group="row"), reps, device)
 
             def by_sort():
                 idx = torch.sort(w.abs(), dim=-1, stable=True)[1][:, :k]
@@ -56,7 +43,7 @@ def per_row_selection(device, reps, shapes):
                 idx = torch.topk(w.abs(), k, dim=-1, largest=False)[1]
                 return torch.ones_like(w, dtype=torch.bool).scatter_(1, idx, False)
             assert torch.equal(sd.magnitude_mask(w, 0.5, group="row"), by_sort())
-            t_sort, t_topk = timed(by_sort, reps, device), timed(by_topk, reps, device)
+            t_sort, t_topk = median_ms(by_sort, reps, device), median_ms(by_topk, reps, device)
             rows.append(dict(shape="x".join(map(str, shape)), dtype=str(dtype).split(".")[-1], ours_ms=ours,
                              sort_ms=t_sort, topk_ms=t_topk, vs_sort=t_sort / ours, vs_topk=t_topk / ours))
             print(rows[-1], flush=True)

@@ -49,6 +49,7 @@ def main(argv=None) -> int:
         train_ids, val_ids = ids["train"], ids["validation"]
         model, cached = lm_demo.teacher_model(demo, train_ids, cache)
         cfg, args.steps, args.seq = demo.model, demo.teacher_steps, demo.seq_len
+        how = "loaded from its cache" if cached else "trained now"
         print(f"the LM demo's teacher ({'from its cache' if cached else 'trained now'})", flush=True)
     else:
         train_text, val_text, _ = stdlib_corpus((1 if args.tiny else 8) << 20)
@@ -61,10 +62,12 @@ def main(argv=None) -> int:
     print(f"corpus: {train_ids.numel()} training tokens, {val_ids.numel()} validation tokens; "
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters", flush=True)
     train_s = time.perf_counter() - t0
+    if not args.demo_teacher:
+        how = f"trained in {train_s:.0f} s"
     g = torch.Generator().manual_seed(1)
     calib = [random_windows(train_ids, args.seq - 1, 8, g) for _ in range(max(1, args.calib // 8))]
     dense_ppl = perplexity(model, val_ids, args.seq)
-    print(f"dense validation perplexity {dense_ppl:.2f} (trained in {train_s:.0f} s)", flush=True)
+    print(f"dense validation perplexity {dense_ppl:.2f} ({how})", flush=True)
     rows = []
     for case, sparsity, pattern in CASES:
         for method in METHODS:

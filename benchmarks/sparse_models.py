@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import random
 import tempfile
 import time
 
 import torch
+
+from sparsedistill._timing import interleaved_times_ms, median
 
 from . import _common as C
 
@@ -48,26 +49,6 @@ def prune_linears_(model, sparsity: float) -> None:
                 sd.magnitude_prune_(m.weight, sparsity)
 
 
-def interleaved_ms(fns: dict, reps: int, min_time_s: float) -> dict:
-    """Median ms of each fn, calling each once per round (after two warm-up rounds) in an
-    order shuffled every round, so none always runs on the cache another left."""
-    for _ in range(2):
-        for f in fns.values():
-            f()
-    times = {k: [] for k in fns}
-    keys, order = list(fns), random.Random(0)
-    start, rounds = time.perf_counter(), 0
-    while rounds < reps or time.perf_counter() - start < min_time_s:
-        rounds += 1
-        order.shuffle(keys)
-        for k in keys:
-            f = fns[k]
-            t = time.perf_counter()
-            f()
-            times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-
-
 def case(kind, sparsity, dtype, batch, quick):
     import sparsedistill as sd
     torch.manual_seed(0)
@@ -86,8 +67,10 @@ def case(kind, sparsity, dtype, batch, quick):
         for m in (chosen, everything):
             err = (m(x).last_hidden_state.float() - ref).abs().max().item()
             assert err <= (1e-3 if dtype == torch.float32 else 0.25) * max(ref.abs().max().item(), 1.0), err
-        ms = interleaved_ms({"dense": lambda: dense(x), "sparsify": lambda: chosen(x),
-                             "all": lambda: everything(x)}, 5 if quick else 15, 0.5 if quick else 3.0)
+        times = interleaved_times_ms({"dense": lambda: dense(x), "sparsify": lambda: chosen(x),
+                                      "all": lambda: everything(x)}, 5 if quick else 15,
+                                     min_time_s=0.5 if quick else 3.0)
+        ms = {k: median(v) for k, v in times.items()}
     roundtrip = None
     if dtype == torch.float32:
         with tempfile.TemporaryDirectory() as d:

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "prune/checks.h"
@@ -160,6 +161,87 @@ inline float key_value(uint32_t k) {
   return f;
 }
 
+#if defined(__AVX512F__)
+// The guided selection of one float32 row in two fused passes, for the usual Wanda call (a row
+// group, no eligibility mask, pruning in place). The products p = |x| * scale (or |x|) are
+// non-negative, so their float order is their key order and neither pass needs a keys buffer:
+//   1. count the p below the band [lo, hi] = guess * (1 -+ eps), gather the bits of those
+//      inside it, and look for NaN (returns kGuidedMiss / kGuidedNaN when it cannot finish);
+//   2. (zero_row_float) keep p > K and zero the rest, writing mask and weights in one pass.
+constexpr int kGuidedHit = 0, kGuidedMiss = 1, kGuidedNaN = 2;
+
+inline __m512 products16(const float* x, const float* sc, int64_t c, __mmask16 m) {
+  const __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(m, x + c));
+  return sc ? _mm512_mul_ps(a, _mm512_maskz_loadu_ps(m, sc + c)) : a;
+}
+
+inline __mmask16 tail_mask(int64_t left) {
+  return left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+}
+
+// Full vectors in the body and one masked vector for the tail: masked loads and stores in
+// every iteration made the passes slower than the keys-buffer path on this EPYC.
+int guided_row_float(const float* x, const float* sc, int64_t n, int64_t want, float lo, float hi,
+                     uint32_t* band, float* K, int64_t* below, int64_t* equal, int64_t* band_size) {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  int64_t under = 0, m = 0;
+  __mmask16 nan = 0;
+  auto step = [&](__m512 p, __mmask16 live) {
+    nan |= _mm512_mask_cmp_ps_mask(live, p, p, _CMP_UNORD_Q);
+    const __mmask16 lt = _mm512_mask_cmp_ps_mask(live, p, vlo, _CMP_LT_OQ);
+    const __mmask16 in = _mm512_mask_cmp_ps_mask(live & static_cast<__mmask16>(~lt), p, vhi, _CMP_LE_OQ);
+    _mm512_storeu_si512(band + m, _mm512_maskz_compress_epi32(in, _mm512_castps_si512(p)));
+    under += __builtin_popcount(lt);
+    m += __builtin_popcount(in);
+  };
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) {
+    const __m512 a = _mm512_abs_ps(_mm512_loadu_ps(x + c));
+    step(sc ? _mm512_mul_ps(a, _mm512_loadu_ps(sc + c)) : a, static_cast<__mmask16>(0xFFFF));
+  }
+  if (c < n) step(products16(x, sc, c, tail_mask(n - c)), tail_mask(n - c));
+  *band_size = m;
+  if (nan) return kGuidedNaN;
+  if (!(under < want && want <= under + m)) return kGuidedMiss;
+  std::nth_element(band, band + (want - under - 1), band + m);
+  const uint32_t kb = band[want - under - 1];
+  int64_t less = 0, same = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    less += band[i] < kb;
+    same += band[i] == kb;
+  }
+  std::memcpy(K, &kb, sizeof(kb));
+  *below = under + less;
+  *equal = same;
+  return kGuidedHit;
+}
+
+void zero_row_float(float* __restrict__ x, const float* sc, int64_t n, float K, bool* __restrict__ out) {
+  int64_t c = 0;
+  if (sc) {
+    for (; c + 16 <= n; c += 16) {
+      const __m512 v = _mm512_loadu_ps(x + c);
+      const __mmask16 kept = _mm512_cmp_ps_mask(_mm512_mul_ps(_mm512_abs_ps(v), _mm512_loadu_ps(sc + c)),
+                                                _mm512_set1_ps(K), _CMP_GT_OQ);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm_maskz_mov_epi8(kept, _mm_set1_epi8(1)));
+      _mm512_storeu_ps(x + c, _mm512_maskz_mov_ps(kept, v));
+    }
+  } else {
+    for (; c + 16 <= n; c += 16) {
+      const __m512 v = _mm512_loadu_ps(x + c);
+      const __mmask16 kept = _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(K), _CMP_GT_OQ);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm_maskz_mov_epi8(kept, _mm_set1_epi8(1)));
+      _mm512_storeu_ps(x + c, _mm512_maskz_mov_ps(kept, v));
+    }
+  }
+  for (; c < n; ++c) {
+    const float p = sc ? std::fabs(x[c]) * sc[c] : std::fabs(x[c]);
+    out[c] = p > K;
+    x[c] = p > K ? x[c] : 0.f;
+  }
+}
+#endif
+
 // The selection of every tile into mask (rows x cols bools). col_scale (or nullptr): keys of
 // |x_ij| * col_scale[j] (float32 products) instead of x / |x|. zero: also set the pruned
 // elements of values to zero in the mask pass (values must then be contiguous and writable).
@@ -187,6 +269,28 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
       float guess = -1.f, eps = 0.0625f;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t r0 = (g / grid_cols) * group_rows, c0 = (g % grid_cols) * group_cols;
+#if defined(__AVX512F__)
+        // The usual Wanda call on float32 rows: two fused passes (guided_row_float), no keys.
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          const int64_t want = kp[g];
+          if (guided && zero && guess > 0.f && want > 0 && want < tile) {
+            float* row = reinterpret_cast<float*>(x) + r0 * cols + c0;  // scalar_t is float here
+            const float* sc = col_scale ? col_scale + c0 : nullptr;
+            float K = 0.f;
+            int64_t below = 0, equal = 0, band_n = 0;
+            const int got = guided_row_float(row, sc, tile, want, guess * (1.f - eps), guess * (1.f + eps),
+                                             tmp.data(), &K, &below, &equal, &band_n);
+            if (got == kGuidedHit && want - below == equal) {  // no tie kept at K: every p <= K goes
+              zero_row_float(row, sc, tile, K, mp + r0 * cols + c0);
+              guess = K;
+              if (band_n > tile / 8 && eps > 1.f / 256) eps *= 0.5f;
+              continue;
+            }
+            if (got == kGuidedMiss && eps < 0.5f) eps *= 2.f;
+            // A miss, a NaN or a tie kept at K: the general path below, from the keys.
+          }
+        }
+#endif
         int64_t n_eligible = 0;
         uint32_t nan = 0;
         for (int64_t r = 0; r < group_rows; ++r) {

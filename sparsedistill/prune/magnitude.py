@@ -131,7 +131,11 @@ def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, in
     values = view(tensor.detach() if scores is None else scores)
     keep = None if mask is None else view(mask)
     k = group_counts(values, keep, amount, tile)
-    out = torch.ops.sparsedistill.select_smallest_grouped(values, keep, *tile, k, scores is None)
+    # Non-negative scores (Wanda's, any importance) select the same by magnitude, and the
+    # magnitude keys take the kernels' faster paths (guided per-row selection).
+    magnitude = scores is None or (not torch.compiler.is_compiling() and values.numel() > 0
+                                   and bool(values.min() >= 0))
+    out = torch.ops.sparsedistill.select_smallest_grouped(values, keep, *tile, k, magnitude)
     return out.view(tensor.shape)
 
 

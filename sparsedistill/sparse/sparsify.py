@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .._timing import time_calls_ms
+from .._timing import interleaved_times_ms, median
 from .modules import SparseLinear
 
 # Heads that are usually kept dense: poolers and classifiers are small and run once per
@@ -89,24 +89,13 @@ def state_dict_bytes(model: nn.Module) -> int:
 # ------------------------------------------------------------------------------------- timing
 def compare_ms(dense_fn, sparse_fn, device: str, *, min_pairs: int = 15,
                min_time_s: float = 0.04, max_pairs: int = 1000):
-    """Interleaved timing on a noisy machine: dense and sparse alternate (which runs first
-    alternates too), so a slow spell hits both; at least `min_pairs` pairs and `min_time_s`
-    per side. Returns (median dense ms, median sparse ms, median of the per-pair ratios)."""
-    for _ in range(3):
-        dense_fn(), sparse_fn()
-    dense, sparse, ratios = [], [], []
-    t_dense = t_sparse = 0.0
-    while len(ratios) < max_pairs and (len(ratios) < min_pairs or min(t_dense, t_sparse) < min_time_s * 1e3):
-        if len(ratios) % 2:
-            s = time_calls_ms(sparse_fn, 1, device)[0]
-            d = time_calls_ms(dense_fn, 1, device)[0]
-        else:
-            d = time_calls_ms(dense_fn, 1, device)[0]
-            s = time_calls_ms(sparse_fn, 1, device)[0]
-        dense.append(d), sparse.append(s), ratios.append(d / max(s, 1e-9))
-        t_dense, t_sparse = t_dense + d, t_sparse + s
-    med = lambda v: sorted(v)[len(v) // 2]
-    return med(dense), med(sparse), med(ratios)
+    """Interleaved timing on a noisy machine (_timing.interleaved_times_ms): dense and sparse
+    alternate in a shuffled order, at least `min_pairs` pairs and about `min_time_s` per side.
+    Returns (median dense ms, median sparse ms, median of the per-pair ratios)."""
+    t = interleaved_times_ms({"dense": dense_fn, "sparse": sparse_fn}, min_pairs, device,
+                             min_time_s=2 * min_time_s, max_rounds=max_pairs, warmup_rounds=3)
+    ratios = [d / max(s, 1e-9) for d, s in zip(t["dense"], t["sparse"])]
+    return median(t["dense"]), median(t["sparse"]), median(ratios)
 
 
 def _amx_note(dtype: torch.dtype, device: str) -> str:

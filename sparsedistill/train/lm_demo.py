@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from .._timing import median_ms
 from .lm import LMConfig, TinyLM, autocast, native_bf16, perplexity, train_lm
 from .loops import progress_bar
 from .text import encode, random_windows, stdlib_corpus, train_tokenizer
@@ -190,23 +191,14 @@ def counts(model) -> tuple[int, int]:
 
 @torch.inference_mode()
 def speed(model, ids, cfg, reps: int) -> tuple[float, float]:
-    """(decode tokens/s at batch 1, prefill tokens/s at batch 16), medians of `reps`."""
+    """(decode tokens/s at batch 1, prefill tokens/s at batch 16), from medians of `reps`."""
     prompt = ids[: cfg.seq_len // 2].unsqueeze(0)
     new = cfg.seq_len // 2
     model.generate(prompt, 4)
-    dec = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        model.generate(prompt, new)
-        dec.append(new / (time.perf_counter() - t))
+    decode_ms = median_ms(lambda: model.generate(prompt, new), reps, warmup=0)
     batch = ids[: 16 * cfg.seq_len].view(16, cfg.seq_len)
-    model(batch)
-    pre = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        model(batch)
-        pre.append(batch.numel() / (time.perf_counter() - t))
-    return sorted(dec)[reps // 2], sorted(pre)[reps // 2]
+    prefill_ms = median_ms(lambda: model(batch), reps)
+    return new / decode_ms * 1e3, batch.numel() / prefill_ms * 1e3
 
 
 def saved_bytes(model) -> int:

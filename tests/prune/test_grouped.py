@@ -83,6 +83,22 @@ def test_magnitude_mask_groups(device):
     assert torch.equal(sd.magnitude_mask(w, 0.5, group="tensor"), sd.magnitude_mask(w, 0.5))
 
 
+@pytest.mark.parametrize("cols", [12, 2048])
+def test_non_negative_scores_select_as_signed(device, cols):
+    """Non-negative scores take the magnitude keys (the guided per-row path on long rows): the
+    same selection as the signed reference, ties and zeros included."""
+    gen = torch.Generator().manual_seed(cols)
+    s = torch.rand(40, cols, generator=gen)
+    s[3] = (s[3] * 4).round() / 4  # ties at the threshold
+    s[5, ::2] = 0.0
+    s[6, 1] = -0.0
+    s = s.to(device)
+    w = torch.randn(40, cols, device=device)
+    got = sd.magnitude_mask(w, 0.5, scores=s, group="row")
+    k = torch.full((40, 1), cols // 2, dtype=torch.int64, device=device)
+    assert torch.equal(got, R.select_smallest_grouped(s, None, 1, cols, k, False))
+
+
 def test_magnitude_mask_groups_iterative(device):
     w = torch.randn(8, 10, device=device)
     first = sd.magnitude_mask(w, 0.5, group="row")
@@ -191,12 +207,13 @@ def test_zero_smallest_grouped_on_continuous_rows(device, cols, scaled):
 
 
 @pytest.mark.parametrize("scaled", [False, True])
-def test_row_selection_guided_by_the_previous_row(device, scaled):
+@pytest.mark.parametrize("cols", [2048, 1003])
+def test_row_selection_guided_by_the_previous_row(device, scaled, cols):
     """Many similar rows with one k (the guided path: the previous row's threshold brackets the
     next), then rows whose scale jumps (misses that fall back), rows with ties at the
     threshold and rows of zeros: exact against the reference."""
     gen = torch.Generator().manual_seed(3)
-    rows, cols = 96, 2048
+    rows = 96
     v = torch.randn(rows, cols, generator=gen)
     v[40:48] *= 1000.0                       # a jump in scale: the bracket misses
     v[48:56] = (v[48:56] * 4).round() / 4    # many ties at the threshold
