@@ -9,7 +9,7 @@
 //      weight and bias are bf16, on a CPU with AVX512_BF16, runs our bf16 x bf16 -> float32
 //      GEMM (bf16_gemm_cpu.h) on its weight packed once per call. Any other widens its weight
 //      to float32 once and runs ATen's GEMM (MKL / oneDNN), in oneDNN's bf16 mode for an
-//      all-bf16 model on a CPU with AMX but no AVX512_BF16 (Bf16Matmuls). With pad_vocab the
+//      all-bf16 model with an odd hidden size on a CPU with native bf16 (Bf16Matmuls). With pad_vocab the
 //      classes one model lacks keep -inf logits (probability 0).
 //   2. the fused row kernel of distill_loss (cpu.cpp, distill_rows_float32_cpu) on the chunk,
 //      with the gradient G written in the same pass, already weighted by row_weight;
