@@ -36,8 +36,7 @@ def time_calls_ms(fn, reps: int, device: str = "cpu", *, warmup: int = 0,
 
 def median_ms(fn, reps: int, device: str = "cpu", *, warmup: int = 1, min_time_s: float = 0.0) -> float:
     """The median of time_calls_ms."""
-    times = sorted(time_calls_ms(fn, reps, device, warmup=warmup, min_time_s=min_time_s))
-    return times[len(times) // 2]
+    return median(time_calls_ms(fn, reps, device, warmup=warmup, min_time_s=min_time_s))
 
 
 def interleaved_times_ms(fns: dict, min_rounds: int, device: str = "cpu", *, min_time_s: float = 0.0,
@@ -62,4 +61,5 @@ def interleaved_times_ms(fns: dict, min_rounds: int, device: str = "cpu", *, min
 
 
 def median(values):
+    """The median of a list (the upper one of an even count), as every timer here reports."""
     return sorted(values)[len(values) // 2]

@@ -76,45 +76,40 @@ class Bf16Matmuls {
   at::Float32Precision prev_ = at::Float32Precision::NONE;
 };
 
-// Whether a model's GEMMs may run in bf16 mode: every input of them bf16, and native bf16.
-bool bf16_mode(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  return hidden.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
-         (!bias.has_value() || bias->scalar_type() == at::kBFloat16) && at::globalContext().userEnabledMkldnn() &&
-         native_bf16_cpu();
-}
-
-// One model's output projection for the chunks' logits. A bf16 model on a CPU with AVX512_BF16
-// uses our bf16 x bf16 -> float32 GEMM on its weight packed once (no float32 copy); any other
-// uses ATen's GEMM on a float32 copy of the weight (none for float32), in oneDNN's bf16 mode
-// where bf16_mode says so.
+// One model's output projection for the chunks' logits. A bf16 model (hidden states, weight and
+// bias) with an even hidden size, on a CPU with AVX512_BF16, uses our bf16 x bf16 -> float32
+// GEMM on its weight packed once (no float32 copy). Any other uses ATen's GEMM on a float32
+// copy of the weight (none for float32), in oneDNN's bf16 mode for a bf16 model on a CPU with
+// native bf16 (Bf16Matmuls).
 struct Head {
   Head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias)
-      : vocab(weight.size(0)), bf16(bf16_mode(hidden, weight, bias)) {
-    packed = hidden.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
-             (!bias.has_value() || bias->scalar_type() == at::kBFloat16) && hidden.size(1) % 2 == 0 &&
-             bf16_gemm_available();
-    if (packed) {
-      h = hidden.contiguous();
-      w = pack_bf16_transposed(weight.contiguous());
-    } else {
-      w = weight.to(at::kFloat).contiguous();
-    }
+      : vocab(weight.size(0)) {
+    const bool all_bf16 = hidden.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
+                          (!bias.has_value() || bias->scalar_type() == at::kBFloat16);
+    packed = all_bf16 && hidden.size(1) % 2 == 0 && bf16_gemm_available();
+    bf16 = all_bf16 && !packed && at::globalContext().userEnabledMkldnn() && native_bf16_cpu();
+    h = packed ? hidden.contiguous() : hidden;
+    w = packed ? pack_bf16_transposed(weight.contiguous()) : weight.to(at::kFloat).contiguous();
     if (bias.has_value()) b = bias->to(at::kFloat).contiguous();
   }
 
-  // The float32 logits of rows [start, start + c) of `hidden` into z (c x V, row-major; only
-  // the first `vocab` columns are written, the rest hold -inf from the allocation).
-  void logits(at::Tensor& z, const at::Tensor& hidden, int64_t start, int64_t c, double scale,
-              double cap) const {
+  // Rows [start, start + c) of the hidden states as this head's GEMMs take them: bf16 rows
+  // (packed) or float32.
+  at::Tensor rows(int64_t start, int64_t c) const {
+    const at::Tensor x = h.narrow(0, start, c);
+    return packed ? x : x.to(at::kFloat);
+  }
+
+  // The float32 logits of the chunk x = rows(...) into z (c x V, row-major; only the first
+  // `vocab` columns are written, the rest hold -inf from the allocation).
+  void logits(at::Tensor& z, const at::Tensor& x, double scale, double cap) const {
     at::Tensor out = z.narrow(1, 0, vocab);
     if (packed) {
-      const int64_t kp = h.size(1) / 2;
-      bf16_gemm(c, vocab, kp, reinterpret_cast<const uint32_t*>(h.const_data_ptr()) + start * kp, kp,
-                reinterpret_cast<const uint32_t*>(w.const_data_ptr()), out.mutable_data_ptr<float>(),
-                z.size(1), false, b.has_value() ? b->const_data_ptr<float>() : nullptr);
+      bf16_gemm(x.size(0), vocab, x.size(1) / 2, reinterpret_cast<const uint32_t*>(x.const_data_ptr()),
+                x.size(1) / 2, reinterpret_cast<const uint32_t*>(w.const_data_ptr()),
+                out.mutable_data_ptr<float>(), z.size(1), false, b.has_value() ? b->const_data_ptr<float>() : nullptr);
     } else {
       Bf16Matmuls mode(bf16);
-      const at::Tensor x = hidden.narrow(0, start, c).to(at::kFloat);
       if (b.has_value()) {
         at::addmm_out(out, *b, x, w.t());
       } else {
@@ -125,16 +120,16 @@ struct Head {
   }
 
   int64_t vocab;
-  bool bf16, packed = false;
-  at::Tensor h, w;  // contiguous bf16 hidden states (packed only); packed or float32 weight
+  bool packed = false, bf16 = false;  // our bf16 GEMM; else ATen's float32 GEMM, in bf16 mode
+  at::Tensor h, w;  // the hidden states (contiguous when packed); packed or float32 weight
   std::optional<at::Tensor> b;  // float32 bias
 };
 
-// The student's weight gradients of one chunk: grad_h[rows] = G @ W, grad_w += G.T @ h. With
-// the bf16 kernel G is rounded to bf16 (as autograd's bf16 matmuls do); grad_h[rows] is ATen's
-// bf16 mm (float32 accumulation, rounded once, as the final cast would) and grad_w our GEMM
-// into the float32 accumulator. The bf16 buffers are allocated once per call (fresh pages cost
-// a page fault each here).
+// The student's weight gradients of one chunk x = head.rows(...): grad_h[rows] = G @ W,
+// grad_w += G.T @ x. With the bf16 kernel G is rounded to bf16 (as autograd's bf16 matmuls
+// do); grad_h[rows] is ATen's bf16 mm (float32 accumulation, rounded once, as the final cast
+// would) and grad_w our GEMM into the float32 accumulator. The bf16 buffers are allocated once
+// per call (fresh pages cost a page fault each here).
 class StudentGrads {
  public:
   StudentGrads(const Head& head, const at::Tensor& weight, int64_t chunk)
@@ -148,22 +143,20 @@ class StudentGrads {
     b_ = empty_huge({row_pairs_words(chunk, hidden)}, opts.dtype(at::kInt));
   }
 
-  void operator()(const at::Tensor& gc, const at::Tensor& hidden, int64_t start, int64_t c,
-                  at::Tensor& grad_h, at::Tensor& grad_w) {
-    at::Tensor gh = grad_h.narrow(0, start, c);
+  void operator()(const at::Tensor& gc, const at::Tensor& x, at::Tensor& gh, at::Tensor& grad_w) {
     if (!head_.packed) {
       Bf16Matmuls mode(head_.bf16);
       at::mm_out(gh, gc, head_.w);
-      grad_w.addmm_(gc.t(), hidden.narrow(0, start, c).to(at::kFloat));
+      grad_w.addmm_(gc.t(), x);
       return;
     }
+    const int64_t c = x.size(0), pairs = (c + 1) / 2;
     at::Tensor g16 = g16_.narrow(0, 0, c), gh16 = gh16_.narrow(0, 0, c);
     g16.copy_(gc);
     at::mm_out(gh16, g16, weight_);
     gh.copy_(gh16);
     pack_bf16_transposed_pairs(g16, a_);
-    pack_bf16_row_pairs(head_.h.narrow(0, start, c), b_);
-    const int64_t pairs = (c + 1) / 2;
+    pack_bf16_row_pairs(x, b_);
     bf16_gemm(head_.vocab, grad_w.size(1), pairs, reinterpret_cast<const uint32_t*>(a_.const_data_ptr()),
               pairs, reinterpret_cast<const uint32_t*>(b_.const_data_ptr()), grad_w.mutable_data_ptr<float>(),
               grad_w.size(1), true, nullptr);
@@ -172,7 +165,7 @@ class StudentGrads {
  private:
   const Head& head_;
   const at::Tensor& weight_;
-  at::Tensor g16_, gh16_, a_, b_;  // G and G @ W in bf16, the packed G.T and h of a chunk
+  at::Tensor g16_, gh16_, a_, b_;  // G and G @ W in bf16, the packed G.T and x of a chunk
 };
 
 // x in `dtype` (x itself when it is already), a large result on huge pages (empty_huge).
@@ -224,8 +217,9 @@ FusedLinearOutputs fused_linear_distill_cpu(
     for (int64_t start = 0; start < rows; start += chunk) {
       const int64_t c = std::min(chunk, rows - start);
       at::Tensor sc = s.narrow(0, 0, c), tc = t.narrow(0, 0, c);
-      student.logits(sc, student_hidden, start, c, logit_scale, softcap);
-      teacher.logits(tc, teacher_hidden, start, c, logit_scale, softcap);
+      const at::Tensor xs = student.rows(start, c);
+      student.logits(sc, xs, logit_scale, softcap);
+      teacher.logits(tc, teacher.rows(start, c), logit_scale, softcap);
       const DistillParams p = fused_linear_chunk_params(c, vocab, T, alpha, beta, divergence,
                                                         ignore_index, y.defined(), compute_grad);
       distill_rows_float32_cpu(sc.const_data_ptr<float>(), tc.const_data_ptr<float>(),
@@ -238,7 +232,8 @@ FusedLinearOutputs fused_linear_distill_cpu(
       at::Tensor gc = g.narrow(0, 0, c).narrow(1, 0, vocab_s);
       if (per_row) gc.mul_(rw.narrow(0, start, c).unsqueeze(1));
       chain_rule_(gc, sc.narrow(1, 0, vocab_s), logit_scale, softcap);
-      student_grads(gc, student_hidden, start, c, grad_h, grad_w);
+      at::Tensor gh = grad_h.narrow(0, start, c);
+      student_grads(gc, xs, gh, grad_w);
       if (student_bias.has_value()) grad_b.add_(gc.sum(0));
     }
   }

@@ -269,6 +269,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
       float guess = -1.f, eps = 0.0625f;
       for (int64_t g = g0; g < g1; ++g) {
         const int64_t r0 = (g / grid_cols) * group_rows, c0 = (g % grid_cols) * group_cols;
+        bool band_tried = false;
 #if defined(__AVX512F__)
         // The usual Wanda call on float32 rows: two fused passes (guided_row_float), no keys.
         if constexpr (std::is_same_v<scalar_t, float>) {
@@ -287,6 +288,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
               continue;
             }
             if (got == kGuidedMiss && eps < 0.5f) eps *= 2.f;
+            band_tried = got == kGuidedMiss;  // the keys path below goes straight to radix
             // A miss, a NaN or a tie kept at K: the general path below, from the keys.
           }
         }
@@ -334,7 +336,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         int64_t ties = 0, equal = 0;
         if (want > 0) {
           int64_t below = -1;
-          if (guided && guess >= 0.f && want < tile) {
+          if (guided && !band_tried && guess >= 0.f && want < tile) {
             const uint32_t lo = magnitude_key(guess * (1.f - eps)), hi = magnitude_key(guess * (1.f + eps));
             int64_t band_n = 0;
             const int64_t under = count_and_gather(keys.data(), tile, lo, hi, tmp.data(), &band_n);
