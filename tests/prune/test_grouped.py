@@ -274,3 +274,31 @@ def test_zero_smallest_grouped_opcheck():
     args = (v, torch.empty(6, 10, dtype=torch.bool), None, 1, 10, k, torch.rand(10))
     torch.library.opcheck(torch.ops.sparsedistill.zero_smallest_grouped.default, args,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+
+
+@pytest.mark.parametrize("cluster", ["few_levels", "geometric"])
+def test_row_selection_with_clustered_thresholds(device, cluster):
+    """The keys near each row's threshold packed into a tiny range (a few levels with many
+    ties, or geometrically crowded towards one value): the bucket rounds that select inside the
+    band shrink slowly or not at all there, and must still give the exact k-th key."""
+    gen = torch.Generator().manual_seed(11)
+    rows, cols = 64, 2048
+    v = torch.randn(rows, cols, generator=gen, dtype=torch.float64)
+    near = (v.abs() - v.abs().median(dim=1, keepdim=True).values).abs().argsort(dim=1)[:, :400]
+    level = torch.randint(0, 5, (rows, 400), generator=gen, dtype=torch.float64)
+    if cluster == "few_levels":
+        crowd = 0.7 * (1 + level * 2.0 ** -20)
+    else:
+        crowd = 0.7 * (1 + 2.0 ** -torch.randint(1, 40, (rows, 400), generator=gen).double())
+    v.scatter_(1, near, crowd * torch.where(level > 2, 1.0, -1.0))
+    v = v.float().to(device)
+    k = torch.full((rows, 1), cols // 2, dtype=torch.int64, device=device)
+    for scale in (None, torch.full((cols,), 1.5, device=device)):
+        got_v, got_m = v.clone(), torch.empty(v.shape, dtype=torch.bool, device=device)
+        torch.ops.sparsedistill.zero_smallest_grouped(got_v, got_m, None, 1, cols, k, scale)
+        want_v, want_m = v.clone(), torch.empty_like(got_m)
+        R.zero_smallest_grouped(want_v, want_m, None, 1, cols, k, scale)
+        assert torch.equal(got_m, want_m) and torch.equal(got_v, want_v)
+    got = torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, cols, k, True)
+    assert torch.equal(got, R.select_smallest_grouped(v, None, 1, cols, k, True))
+    assert torch.equal((~got).sum(1), k.squeeze(1))
