@@ -41,7 +41,8 @@ def _version_bump(op, written: list[int]):
 
     def kernel(keyset, *args):
         for i in written:
-            torch.autograd.graph.increment_version(args[i])
+            if args[i] is not None:  # an optional written argument (Tensor(a!)?) may be absent
+                torch.autograd.graph.increment_version(args[i])
         return op.redispatch(keyset & below, *args)
     return kernel
 

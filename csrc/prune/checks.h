@@ -107,16 +107,16 @@ inline void check_grouped_k(int64_t group, int64_t eligible, int64_t k) {
 }
 
 // zero_smallest_grouped(values, mask, keep, group_rows, group_cols, k, col_scale): the grouped
-// arguments, a bool mask of values' shape and device to write, and col_scale (if given) a
-// float32 vector of one factor per column.
-inline void check_zero_grouped_args(const at::Tensor& values, const at::Tensor& mask,
+// arguments, a bool mask of values' shape and device to write (or none), and col_scale (if
+// given) a float32 vector of one factor per column.
+inline void check_zero_grouped_args(const at::Tensor& values, const std::optional<at::Tensor>& mask,
                                     const std::optional<at::Tensor>& keep, int64_t group_rows,
                                     int64_t group_cols, const at::Tensor& k,
                                     const std::optional<at::Tensor>& col_scale) {
   check_grouped_args(values, keep, group_rows, group_cols, k);
-  SD_CHECK_ARG(mask.scalar_type() == at::kBool && mask.sizes() == values.sizes() &&
-                   mask.device() == values.device(),
-               "mask must be a bool tensor of the shape of values ", shape_str(values), " on its device");
+  SD_CHECK_ARG(!mask.has_value() || (mask->scalar_type() == at::kBool && mask->sizes() == values.sizes() &&
+                                      mask->device() == values.device()),
+               "mask must be None or a bool tensor of the shape of values ", shape_str(values), " on its device");
   if (col_scale.has_value())
     SD_CHECK_ARG(col_scale->scalar_type() == at::kFloat && col_scale->dim() == 1 &&
                      col_scale->size(0) == values.size(1) && col_scale->device() == values.device(),

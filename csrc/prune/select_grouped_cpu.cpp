@@ -45,26 +45,32 @@ inline __mmask16 tail_mask(int64_t left) {
 // minimum and maximum (15 vector compares per 16 keys) keep only the bucket that holds the rank
 // until few keys are left, then nth_element: the candidates here are the keys of a narrow band,
 // nearly uniform in it, so each round leaves about a sixteenth, and std::nth_element on the
-// whole band had been 37% of Wanda's per-row selection.
-uint32_t kth_of_few(uint32_t* c, int64_t m, int64_t rank, int64_t* less, int64_t* same) {
+// whole band had been 37% of Wanda's per-row selection. A caller that knows every key lies in
+// [lo0, hi0] (the guided band) passes those bounds, which saves the first round's min/max pass.
+uint32_t kth_of_few(uint32_t* c, int64_t m, int64_t rank, int64_t* less, int64_t* same, uint32_t lo0 = 1,
+                    uint32_t hi0 = 0) {
   int64_t skipped = 0;
 #if defined(__AVX512F__)
   for (int round = 0; round < 4 && m > 48; ++round) {
-    __m512i vmin = _mm512_set1_epi32(-1), vmax = _mm512_setzero_si512();
-    for (int64_t i = 0; i < m; i += 16) {
-      const __mmask16 live = tail_mask(m - i);
-      const __m512i v = _mm512_maskz_loadu_epi32(live, c + i);
-      vmin = _mm512_mask_min_epu32(vmin, live, vmin, v);
-      vmax = _mm512_mask_max_epu32(vmax, live, vmax, v);
+    uint32_t lo = lo0, hi = hi0;
+    if (round > 0 || lo0 > hi0) {
+      __m512i vmin = _mm512_set1_epi32(-1), vmax = _mm512_setzero_si512();
+      for (int64_t i = 0; i < m; i += 16) {
+        const __mmask16 live = tail_mask(m - i);
+        const __m512i v = _mm512_maskz_loadu_epi32(live, c + i);
+        vmin = _mm512_mask_min_epu32(vmin, live, vmin, v);
+        vmax = _mm512_mask_max_epu32(vmax, live, vmax, v);
+      }
+      lo = _mm512_reduce_min_epu32(vmin);
+      hi = _mm512_reduce_max_epu32(vmax);
     }
-    const uint32_t lo = _mm512_reduce_min_epu32(vmin), hi = _mm512_reduce_max_epu32(vmax);
     if (lo == hi) {  // all equal
       *less = skipped;
       *same = m;
       return lo;
     }
     // Bucket j is [t_j, t_{j+1}), t_0 = lo, t_16 = past hi; rounding up puts lo in bucket 0 and
-    // hi in bucket 15, so every round drops at least one key.
+    // hi in bucket 15, so every round from the keys' own min and max drops at least one key.
     uint32_t t[16];
     __m512i vt[16];
     int64_t below[17] = {0};
@@ -94,6 +100,9 @@ uint32_t kth_of_few(uint32_t* c, int64_t m, int64_t rank, int64_t* less, int64_t
     rank -= below[s];
     m = kept;
   }
+#else
+  (void)lo0;
+  (void)hi0;
 #endif
   std::nth_element(c, c + (rank - 1), c + m);
   const uint32_t key = c[rank - 1];
@@ -267,41 +276,42 @@ int guided_row_float(const float* x, const float* sc, int64_t n, int64_t want, f
   if (nan) return kGuidedNaN;
   if (!(under < want && want <= under + m)) return kGuidedMiss;
   int64_t less = 0;
-  const uint32_t kb = kth_of_few(band, m, want - under, &less, equal);
+  const uint32_t kb = kth_of_few(band, m, want - under, &less, equal, float_bits(lo), float_bits(hi));
   std::memcpy(K, &kb, sizeof(kb));
   *below = under + less;
   return kGuidedHit;
 }
 
-void zero_row_float(float* __restrict__ x, const float* sc, int64_t n, float K, bool* __restrict__ out) {
+// Keeps p > K of one row and zeroes the rest, writing the keep-mask too when out is given.
+template <bool kScaled, bool kMask>
+void zero_row_float_as(float* __restrict__ x, const float* sc, int64_t n, float K, bool* __restrict__ out) {
   int64_t c = 0;
-  if (sc) {
-    for (; c + 16 <= n; c += 16) {
-      const __m512 v = _mm512_loadu_ps(x + c);
-      const __mmask16 kept = _mm512_cmp_ps_mask(_mm512_mul_ps(_mm512_abs_ps(v), _mm512_loadu_ps(sc + c)),
-                                                _mm512_set1_ps(K), _CMP_GT_OQ);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm_maskz_mov_epi8(kept, _mm_set1_epi8(1)));
-      _mm512_storeu_ps(x + c, _mm512_maskz_mov_ps(kept, v));
-    }
-  } else {
-    for (; c + 16 <= n; c += 16) {
-      const __m512 v = _mm512_loadu_ps(x + c);
-      const __mmask16 kept = _mm512_cmp_ps_mask(_mm512_abs_ps(v), _mm512_set1_ps(K), _CMP_GT_OQ);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm_maskz_mov_epi8(kept, _mm_set1_epi8(1)));
-      _mm512_storeu_ps(x + c, _mm512_maskz_mov_ps(kept, v));
-    }
+  for (; c + 16 <= n; c += 16) {
+    const __m512 v = _mm512_loadu_ps(x + c);
+    const __m512 p = kScaled ? _mm512_mul_ps(_mm512_abs_ps(v), _mm512_loadu_ps(sc + c)) : _mm512_abs_ps(v);
+    const __mmask16 kept = _mm512_cmp_ps_mask(p, _mm512_set1_ps(K), _CMP_GT_OQ);
+    if (kMask) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm_maskz_mov_epi8(kept, _mm_set1_epi8(1)));
+    _mm512_storeu_ps(x + c, _mm512_maskz_mov_ps(kept, v));
   }
   for (; c < n; ++c) {
-    const float p = sc ? std::fabs(x[c]) * sc[c] : std::fabs(x[c]);
-    out[c] = p > K;
+    const float p = kScaled ? std::fabs(x[c]) * sc[c] : std::fabs(x[c]);
+    if (kMask) out[c] = p > K;
     x[c] = p > K ? x[c] : 0.f;
   }
+}
+
+void zero_row_float(float* x, const float* sc, int64_t n, float K, bool* out) {
+  if (sc)
+    out ? zero_row_float_as<true, true>(x, sc, n, K, out) : zero_row_float_as<true, false>(x, sc, n, K, out);
+  else
+    out ? zero_row_float_as<false, true>(x, sc, n, K, out) : zero_row_float_as<false, false>(x, sc, n, K, out);
 }
 #endif
 
 // The selection of every tile into mask (rows x cols bools). col_scale (or nullptr): keys of
 // |x_ij| * col_scale[j] (float32 products) instead of x / |x|. zero: also set the pruned
-// elements of values to zero in the mask pass (values must then be contiguous and writable).
+// elements of values to zero in the mask pass (values must then be contiguous and writable);
+// with zero, mp may be nullptr: no mask is written (a tile-sized scratch serves the tie path).
 // Returns the first tile whose k is outside [0, eligible] (or -1) and sets *nan_seen; with
 // zero, the caller has checked k and NaN before, so that no error can follow a write.
 int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int64_t group_rows,
@@ -316,6 +326,11 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
     scalar_t* x = const_cast<scalar_t*>(v.const_data_ptr<scalar_t>());
     at::parallel_for(0, groups, grain, [&](int64_t g0, int64_t g1) {
       std::vector<uint32_t> keys(tile), tmp(tile + 16);
+      std::vector<uint8_t> scratch(mp ? 0 : tile);
+      // Where the mask of row r of the tile at (r0, c0) goes.
+      auto mask_row = [&](int64_t r0, int64_t c0, int64_t r) -> bool* {
+        return mp ? mp + (r0 + r) * cols + c0 : reinterpret_cast<bool*>(scratch.data()) + r * group_cols;
+      };
       const uint32_t sign_mask = (magnitude || col_scale) ? 0x7fffffffu : 0xffffffffu;
       // Guided selection (rows of one matrix, magnitude keys): neighbouring rows have nearly the
       // same threshold, so the previous row's threshold value times (1 -+ eps) brackets this
@@ -339,7 +354,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
             const int got = guided_row_float(row, sc, tile, want, guess * (1.f - eps), guess * (1.f + eps),
                                              tmp.data(), &K, &below, &equal, &band_n);
             if (got == kGuidedHit && want - below == equal) {  // no tie kept at K: every p <= K goes
-              zero_row_float(row, sc, tile, K, mp + r0 * cols + c0);
+              zero_row_float(row, sc, tile, K, mp ? mp + r0 * cols + c0 : nullptr);
               guess = K;
               if (band_n > tile / 8 && eps > 1.f / 256) eps *= 0.5f;
               continue;
@@ -399,7 +414,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
             const int64_t under = count_and_gather(keys.data(), tile, lo, hi, tmp.data(), &band_n);
             if (under < want && want <= under + band_n) {
               int64_t less = 0;
-              K = kth_of_few(tmp.data(), band_n, want - under, &less, &equal);
+              K = kth_of_few(tmp.data(), band_n, want - under, &less, &equal, lo, hi);
               below = under + less;
               if (band_n > tile / 8 && eps > 1.f / 256) eps *= 0.5f;
             } else if (eps < 0.5f) {
@@ -415,7 +430,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         if (all_ties && zero && !ep) {  // the usual pruning call: mask and zeros in one pass
           for (int64_t r = 0; r < group_rows; ++r) {
             const int64_t base = (r0 + r) * cols + c0;
-            bool* __restrict__ out = mp + base;
+            bool* __restrict__ out = mask_row(r0, c0, r);
             scalar_t* __restrict__ xr = x + base;
             const uint32_t* __restrict__ kr = keys.data() + r * group_cols;
             const scalar_t zero_value(0);
@@ -428,8 +443,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
           continue;
         }
         for (int64_t r = 0; r < group_rows; ++r) {
-          const int64_t base = (r0 + r) * cols + c0;
-          bool* out = mp + base;
+          bool* out = mask_row(r0, c0, r);
           const uint32_t* kr = keys.data() + r * group_cols;
           // Branch-free for the keys off the threshold; the ties (== K) in tile order after.
           if (all_ties) {
@@ -448,7 +462,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         if (zero) {  // pruned and not-eligible elements, as the reference's masked_fill_
           for (int64_t r = 0; r < group_rows; ++r) {
             const int64_t base = (r0 + r) * cols + c0;
-            const uint8_t* __restrict__ out = reinterpret_cast<const uint8_t*>(mp + base);
+            const uint8_t* __restrict__ out = reinterpret_cast<const uint8_t*>(mask_row(r0, c0, r));
             scalar_t* __restrict__ xr = x + base;
             const scalar_t zero_value(0);
             for (int64_t c = 0; c < group_cols; ++c) {
@@ -498,7 +512,7 @@ at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::opti
 // zero_smallest_grouped: the selection by |values| (times col_scale per column) that writes the
 // mask and zeroes the pruned values in its mask pass. k and NaN are checked first (k per tile
 // from the eligible counts, NaN by one vectorised pass), so a rejected call writes nothing.
-void zero_smallest_grouped_cpu(const at::Tensor& values, const at::Tensor& mask,
+void zero_smallest_grouped_cpu(const at::Tensor& values, const std::optional<at::Tensor>& mask,
                                const std::optional<at::Tensor>& keep, int64_t group_rows,
                                int64_t group_cols, const at::Tensor& k,
                                const std::optional<at::Tensor>& col_scale) {
@@ -513,15 +527,16 @@ void zero_smallest_grouped_cpu(const at::Tensor& values, const at::Tensor& mask,
     check_grouped_k(g, ep ? tile_eligible(ep, g, values.size(1), group_rows, group_cols) : tile, kp[g]);
   check_grouped_no_nan(has_nan(values.contiguous()));
   const at::Tensor scale = col_scale.has_value() ? col_scale->contiguous() : at::Tensor();
-  const bool direct = values.is_contiguous() && mask.is_contiguous();
+  const bool direct = values.is_contiguous() && (!mask.has_value() || mask->is_contiguous());
   at::Tensor v = direct ? values : values.contiguous();
-  at::Tensor m = direct ? mask : at::empty(values.sizes(), mask.options());
+  at::Tensor m;
+  if (mask.has_value()) m = direct ? *mask : at::empty(values.sizes(), mask->options());
   bool nan = false;
-  select_tiles(v, ep, kp, group_rows, group_cols, true,
-               scale.defined() ? scale.const_data_ptr<float>() : nullptr, true, m.mutable_data_ptr<bool>(), &nan);
+  select_tiles(v, ep, kp, group_rows, group_cols, true, scale.defined() ? scale.const_data_ptr<float>() : nullptr,
+               true, m.defined() ? m.mutable_data_ptr<bool>() : nullptr, &nan);
   if (!direct) {
     values.copy_(v);
-    mask.copy_(m);
+    if (m.defined()) mask->copy_(m);
   }
 }
 

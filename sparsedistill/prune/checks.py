@@ -262,8 +262,10 @@ def check_grouped_no_nan(has_nan: bool) -> None:
 def check_zero_grouped_args(values, mask, keep, group_rows: int, group_cols: int, k, col_scale) -> None:
     """zero_smallest_grouped: csrc/prune/checks.h check_zero_grouped_args."""
     check_grouped_args(values, keep, group_rows, group_cols, k)
-    op_check(mask.dtype == torch.bool and mask.shape == values.shape and mask.device == values.device,
-             ValueError, "mask must be a bool tensor of the shape of values ", shape_str(values), " on its device")
+    op_check(mask is None or (mask.dtype == torch.bool and mask.shape == values.shape
+                              and mask.device == values.device),
+             ValueError, "mask must be None or a bool tensor of the shape of values ", shape_str(values),
+             " on its device")
     if col_scale is not None:
         op_check(col_scale.dtype == torch.float32 and col_scale.dim() == 1 and col_scale.shape[0] == values.shape[1]
                  and col_scale.device == values.device, ValueError, "col_scale must be a float32 vector of ",

@@ -140,13 +140,15 @@ def grouped_mask(tensor: torch.Tensor, amount, scores, mask, tile: tuple[int, in
 
 
 @torch.no_grad()
-def grouped_prune_(tensor: torch.Tensor, amount, mask, tile: tuple[int, int], col_scale=None) -> torch.Tensor:
+def grouped_prune_(tensor: torch.Tensor, amount, mask, tile: tuple[int, int], col_scale=None, *,
+                   return_mask: bool = True) -> torch.Tensor | None:
     """magnitude_prune_(group=...) by |tensor| (times col_scale per column of the (shape[0], -1)
-    view, float32) in one op that zeroes in its mask pass; arguments checked. Returns the mask."""
+    view, float32) in one op that zeroes in its mask pass; arguments checked. Returns the mask
+    (return_mask=False: None, and no mask is written)."""
     rows, cols = _rows_cols(tensor)
     values = tensor.detach().view(rows, cols) if tensor.is_contiguous() else None
     keep = None if mask is None else mask.reshape(rows, cols)
-    out = torch.empty((rows, cols), dtype=torch.bool, device=tensor.device)
+    out = torch.empty((rows, cols), dtype=torch.bool, device=tensor.device) if return_mask else None
     k = group_counts(tensor.detach().reshape(rows, cols), keep, amount, tile)
     if values is None:  # a strided weight: prune a contiguous copy, then write it back
         values = tensor.detach().reshape(rows, cols).clone()
@@ -154,7 +156,7 @@ def grouped_prune_(tensor: torch.Tensor, amount, mask, tile: tuple[int, int], co
         tensor.detach().copy_(values.view(tensor.shape))
     else:
         torch.ops.sparsedistill.zero_smallest_grouped(values, out, keep, *tile, k, col_scale)
-    return out.view(tensor.shape)
+    return None if out is None else out.view(tensor.shape)
 
 
 def _local_grouped(fn, tensor, amount, scores, mask, group):

@@ -20,6 +20,7 @@ Methods (scores rank weights, the lowest are pruned):
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 
@@ -60,13 +61,17 @@ class LayerReport:
 class PruneReport:
     method: str
     layers: list = field(default_factory=list)
-    masks: dict = field(default_factory=dict)   # "<module name>.weight" -> bool keep-mask
+    masks: dict = field(default_factory=dict)   # "<module name>.weight" -> bool keep-mask (if kept)
 
     @property
     def sparsity(self) -> float:
-        """Zero fraction over all pruned layers together."""
-        total = sum(m.numel() for m in self.masks.values())
-        return sum(int((~m).sum()) for m in self.masks.values()) / max(total, 1)
+        """Fraction pruned over all pruned layers together: from the masks, or without them
+        (keep_masks=False) the weights' zero fraction, which counts zeros from before too."""
+        if self.masks:
+            total = sum(m.numel() for m in self.masks.values())
+            return sum(int((~m).sum()) for m in self.masks.values()) / max(total, 1)
+        sizes = [math.prod(r.shape) for r in self.layers]
+        return sum(r.sparsity * s for r, s in zip(self.layers, sizes)) / max(sum(sizes), 1)
 
     def table(self) -> str:
         rows = [f"| {r.name} | {'x'.join(map(str, r.shape))} | {r.sparsity:.3f} | "
@@ -80,20 +85,23 @@ def wanda_scores(weight: torch.Tensor, stats: LinearStats) -> torch.Tensor:
 
 
 @torch.no_grad()
-def wanda_prune_(weight: torch.Tensor, stats: LinearStats, sparsity: float, *, pattern=None) -> torch.Tensor:
+def wanda_prune_(weight: torch.Tensor, stats: LinearStats, sparsity: float, *, pattern=None,
+                 return_mask: bool = True) -> torch.Tensor | None:
     """Prunes `weight` (out x in) in place by Wanda and returns its keep-mask: in each output row
     the `sparsity` fraction with the smallest |W_ij| * ||X_j||_2 (or, with pattern=(n, m), all
     but the n largest of every m consecutive). Unstructured, it runs one op that ranks by |W|
-    times the column's norm and zeroes in its mask pass: no scores tensor is made."""
+    times the column's norm and zeroes in its mask pass: no scores tensor is made.
+    return_mask=False returns None and writes no mask (as Wanda's own code keeps none; the
+    mask is `weight != 0` up to weights that were zero already)."""
     if weight.dim() != 2 or stats.sq_sum.shape != (weight.shape[1],):
         raise ValueError(f"weight must be (out, in) with stats over its {weight.shape[-1]} inputs, got "
                          f"weight {tuple(weight.shape)} and stats of {tuple(stats.sq_sum.shape)} features")
     if pattern is not None:
         keep = nm_mask(weight, *pattern, scores=wanda_scores(weight, stats))
         weight.masked_fill_(~keep, 0)
-        return keep
+        return keep if return_mask else None
     norms = stats.input_norms().to(weight.device, torch.float32)
-    return grouped_prune_(weight, float(sparsity), None, (1, weight.shape[1]), norms)
+    return grouped_prune_(weight, float(sparsity), None, (1, weight.shape[1]), norms, return_mask=return_mask)
 
 
 def find_blocks(model: nn.Module, blocks=None) -> tuple[str, list]:
@@ -190,13 +198,13 @@ def _check_args(model, sparsity, method, calibration, pattern):
     return float(sparsity), batches
 
 
-def _prune_layer(name, module, method, sparsity, pattern, stats, blocksize, percdamp):
+def _prune_layer(name, module, method, sparsity, pattern, stats, blocksize, percdamp, keep_masks=True):
     w = module.weight
     if method == "sparsegpt":
         return sparsegpt_prune_(w, stats.hessian, sparsity, pattern=pattern, blocksize=blocksize,
                                 percdamp=percdamp)
     if method == "wanda":
-        return wanda_prune_(w, stats, sparsity, pattern=pattern)
+        return wanda_prune_(w, stats, sparsity, pattern=pattern, return_mask=keep_masks)
     keep = nm_mask(w, *pattern) if pattern is not None else magnitude_mask(w, sparsity)
     with torch.no_grad():
         w.masked_fill_(~keep, 0)
@@ -240,7 +248,8 @@ class _ErrorMeter:
 def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=None, *,
                 pattern=None, blocks=None, sequential: bool = True, targets=None,
                 blocksize: int = 128, percdamp: float = 0.01,
-                hessian_dtype: torch.dtype = torch.float32, process_group=None) -> PruneReport:
+                hessian_dtype: torch.dtype = torch.float32, process_group=None,
+                keep_masks: bool = True) -> PruneReport:
     """Prunes the Linears of `model` in place and returns a PruneReport (per layer: sparsity,
     reconstruction error on the calibration inputs; and the keep-masks, named as
     train.prunable_weights names weights, for MaskedPruner(masks=...) fine-tuning).
@@ -250,11 +259,15 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
     calibration: a list of batches (tensors, tuples of positional inputs or dicts of keyword
     inputs), required by wanda and sparsegpt. targets: Linear names or modules (default: every
     Linear inside the blocks, as Wanda and SparseGPT prune them, so not an LM head; every Linear
-    of the model when no block list is found and sequential=False). Every argument is
-    checked before the model is touched."""
+    of the model when no block list is found and sequential=False). keep_masks=False leaves
+    report.masks empty (one bool per weight saved; the masks are `weight != 0`, up to weights
+    that were zero already). Every argument is checked before the model is touched."""
     sparsity, batches = _check_args(model, sparsity, method, calibration, pattern)
+    if not isinstance(keep_masks, bool):
+        raise TypeError(f"keep_masks must be a bool, got {keep_masks!r}")
     if method == "global_magnitude" or (method == "magnitude" and batches is None):
-        return _prune_without_data(model, _default_targets(model, targets, blocks), method, sparsity, pattern)
+        return _prune_without_data(model, _default_targets(model, targets, blocks), method, sparsity, pattern,
+                                   keep_masks)
     if sequential:
         path, block_list = find_blocks(model, blocks)
         in_blocks = {}
@@ -276,8 +289,9 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
     def prune_group(names, stats):
         originals = {n: layers[n].weight.detach().clone() for n in names}
         for n in names:
-            keep = _prune_layer(n, layers[n], method, sparsity, pattern, stats[n], blocksize, percdamp)
-            report.masks[f"{n}.weight"] = keep
+            keep = _prune_layer(n, layers[n], method, sparsity, pattern, stats[n], blocksize, percdamp, keep_masks)
+            if keep_masks:
+                report.masks[f"{n}.weight"] = keep
         return originals
 
     with eval_mode(model):
@@ -337,7 +351,7 @@ def _add_reports(report, group, method, meter):
                                          meter.error(n) if meter is not None else None))
 
 
-def _prune_without_data(model, layers, method, sparsity, pattern) -> PruneReport:
+def _prune_without_data(model, layers, method, sparsity, pattern, keep_masks) -> PruneReport:
     report = PruneReport(method)
     if method == "global_magnitude":
         names = list(layers)
@@ -346,5 +360,7 @@ def _prune_without_data(model, layers, method, sparsity, pattern) -> PruneReport
     else:
         for n, m in layers.items():
             report.masks[f"{n}.weight"] = _prune_layer(n, m, method, sparsity, pattern, None, 0, 0.0)
+    if not keep_masks:
+        report.masks = {}
     _add_reports(report, layers, method, None)
     return report

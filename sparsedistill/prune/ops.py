@@ -84,8 +84,9 @@ def _select_smallest_grouped_fake(values, keep, group_rows, group_cols, k, magni
 
 # zero_smallest_grouped: select_smallest_grouped by |values| (times col_scale[j] per column when
 # given: Wanda's |W_ij| * ||X_j|| without a scores tensor) that writes the keep-mask into `mask`
-# and zeroes the pruned values in place, in the mask pass of the native kernels.
-define("zero_smallest_grouped(Tensor(a!) values, Tensor(b!) mask, Tensor? keep, int group_rows, "
+# (None: no mask is written, e.g. for one-shot pruning that keeps none) and zeroes the pruned
+# values in place, in the mask pass of the native kernels.
+define("zero_smallest_grouped(Tensor(a!) values, Tensor(b!)? mask, Tensor? keep, int group_rows, "
        "int group_cols, Tensor k, Tensor? col_scale) -> ()", reference.zero_smallest_grouped)
 
 

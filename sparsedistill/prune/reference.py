@@ -229,15 +229,17 @@ def sparsegpt_published(weight: torch.Tensor, hessian: torch.Tensor, sparsity: f
     return W
 
 
-def zero_smallest_grouped(values: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor | None, group_rows: int,
+def zero_smallest_grouped(values: torch.Tensor, mask: torch.Tensor | None, keep: torch.Tensor | None, group_rows: int,
                           group_cols: int, k: torch.Tensor, col_scale: torch.Tensor | None) -> None:
     """Reference of ``sparsedistill::zero_smallest_grouped``: mask = select_smallest_grouped of
-    |values| (times col_scale[j], a float32 product, when given), and the pruned values zeroed."""
+    |values| (times col_scale[j], a float32 product, when given; mask None: not written), and the
+    pruned values zeroed."""
     check_zero_grouped_args(values, mask, keep, group_rows, group_cols, k, col_scale)
     if col_scale is None:
         sel = select_smallest_grouped(values, keep, group_rows, group_cols, k, True)
     else:
         scores = values.detach().float().abs() * col_scale
         sel = select_smallest_grouped(scores, keep, group_rows, group_cols, k, False)
-    mask.copy_(sel)
+    if mask is not None:
+        mask.copy_(sel)
     values.masked_fill_(~sel, 0)

@@ -163,6 +163,13 @@ def test_grouped_op_under_compile_and_opcheck():
     assert torch.equal(fn(v, k), torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, 12, k, True))
 
 
+def zeroed_without_mask(v, keep, tile, k, scale):
+    """values after zero_smallest_grouped with mask=None (no mask written)."""
+    out = v.clone()
+    torch.ops.sparsedistill.zero_smallest_grouped(out, None, keep, *tile, k, scale)
+    return out
+
+
 @pytest.mark.parametrize("shape,tile", [((7, 12), (1, 12)), ((8, 12), (2, 3)), ((5, 9), (5, 1)), ((3, 4099), (1, 4099))])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scaled", [False, True])
@@ -176,6 +183,7 @@ def test_zero_smallest_grouped_masks_and_zeroes(device, shape, tile, dtype, scal
         want_v, want_m = v.clone(), torch.empty_like(got_m)
         R.zero_smallest_grouped(want_v, want_m, keep, *tile, k, scale)
         assert torch.equal(got_m, want_m) and torch.equal(got_v, want_v)
+        assert torch.equal(zeroed_without_mask(v, keep, tile, k, scale), want_v)
         scores = v.float().abs() * scale if scaled else v
         assert torch.equal(got_m, R.select_smallest_grouped(scores, keep, *tile, k, True))
         assert torch.equal(got_v, v * got_m)
@@ -200,6 +208,7 @@ def test_zero_smallest_grouped_on_continuous_rows(device, cols, scaled):
     want_v, want_m = v.clone(), torch.empty_like(got_m)
     R.zero_smallest_grouped(want_v, want_m, None, 1, cols, k, scale)
     assert torch.equal(got_m, want_m) and torch.equal(got_v, want_v)
+    assert torch.equal(zeroed_without_mask(v, None, (1, cols), k, scale), want_v)
     assert torch.equal((~got_m).sum(1), k.squeeze(1))
     for signed in (False, True):  # the signed keys of select_smallest_grouped (magnitude=False)
         got = torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, cols, k, not signed)
@@ -228,6 +237,7 @@ def test_row_selection_guided_by_the_previous_row(device, scaled, cols):
     want_v, want_m = v.clone(), torch.empty_like(got_m)
     R.zero_smallest_grouped(want_v, want_m, None, 1, cols, k, scale)
     assert torch.equal(got_m, want_m) and torch.equal(got_v, want_v)
+    assert torch.equal(zeroed_without_mask(v, None, (1, cols), k, scale), want_v)
     if not scaled:
         got = torch.ops.sparsedistill.select_smallest_grouped(v, None, 1, cols, k, True)
         assert torch.equal(got, R.select_smallest_grouped(v, None, 1, cols, k, True))
@@ -254,6 +264,10 @@ def test_zero_smallest_grouped_rejects_without_writing(device, case):
             fn(v, m, None, 1, 8, k, scale)
         assert torch.equal(v, before_v, ) if case != "nan" else torch.equal(v.isnan(), before_v.isnan())
         assert torch.equal(m, before_m)
+        if case != "mask":  # and without a mask to write
+            with pytest.raises(ValueError):
+                fn(v, None, None, 1, 8, k, scale)
+            assert torch.equal(v, before_v, ) if case != "nan" else torch.equal(v.isnan(), before_v.isnan())
 
 
 def test_wanda_prune_equals_scores_then_selection(device):
@@ -266,14 +280,17 @@ def test_wanda_prune_equals_scores_then_selection(device):
     assert torch.equal(keep, want) and torch.equal(w2, w * want)
     strided = w.t().contiguous().t()  # same values, column-major: the copy path
     assert torch.equal(wanda_prune_(strided, stats, 0.5), want) and torch.equal(strided, w * want)
+    for w3 in (w.clone(), w.t().contiguous().t()):  # no mask kept: the same weights
+        assert wanda_prune_(w3, stats, 0.5, return_mask=False) is None and torch.equal(w3, w * want)
 
 
 def test_zero_smallest_grouped_opcheck():
     v = torch.randn(6, 10)
     k = torch.full((6, 1), 4, dtype=torch.int64)
-    args = (v, torch.empty(6, 10, dtype=torch.bool), None, 1, 10, k, torch.rand(10))
-    torch.library.opcheck(torch.ops.sparsedistill.zero_smallest_grouped.default, args,
-                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
+    for mask in (torch.empty(6, 10, dtype=torch.bool), None):
+        args = (v, mask, None, 1, 10, k, torch.rand(10))
+        torch.library.opcheck(torch.ops.sparsedistill.zero_smallest_grouped.default, args,
+                              test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_static"))
 
 
 @pytest.mark.parametrize("cluster", ["few_levels", "geometric"])

@@ -177,6 +177,7 @@ def test_keyword_inputs_reach_every_block():
     (dict(sparsity=0.5, targets=["head"]), ValueError, "outside the blocks"),
     (dict(sparsity=0.5, method="obs"), ValueError, "method"),
     (dict(sparsity=0.5, blocks="decoder.layers"), ValueError, "blocks"),
+    (dict(sparsity=0.5, keep_masks=None), TypeError, "keep_masks"),
 ])
 def test_bad_arguments_leave_the_model_untouched(kwargs, err, match):
     model = Tiny()
@@ -194,6 +195,19 @@ def test_error_inside_a_block_removes_the_hooks():
     with pytest.raises(RuntimeError):
         prune_model(model, 0.5, method="wanda", calibration=batches())
     assert no_hooks(model)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "global_magnitude", "wanda", "sparsegpt"])
+def test_prune_model_without_masks_prunes_the_same(method):
+    kept, bare = Tiny(), Tiny()
+    bare.load_state_dict(kept.state_dict())
+    with_masks = prune_model(kept, 0.5, method=method, calibration=batches())
+    without = prune_model(bare, 0.5, method=method, calibration=batches(), keep_masks=False)
+    assert without.masks == {} and len(with_masks.masks) == 6
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), bare.state_dict().values()))
+    assert without.sparsity == pytest.approx(with_masks.sparsity)
+    assert [(r.name, r.sparsity, r.error) for r in without.layers] == [(r.name, r.sparsity, r.error)
+                                                                       for r in with_masks.layers]
 
 
 def test_masks_continue_in_masked_pruner():

@@ -56,14 +56,14 @@ at::Tensor select_smallest_grouped_cuda(const at::Tensor& values, const std::opt
 
 // zero_smallest_grouped: the mask first (every error raised before a write), then the pruned
 // values zeroed by one masked_fill_ on the stream (a separate pass, unlike the CPU kernel).
-void zero_smallest_grouped_cuda(const at::Tensor& values, const at::Tensor& mask,
+void zero_smallest_grouped_cuda(const at::Tensor& values, const std::optional<at::Tensor>& mask,
                                 const std::optional<at::Tensor>& keep, int64_t group_rows,
                                 int64_t group_cols, const at::Tensor& k,
                                 const std::optional<at::Tensor>& col_scale) {
   check_zero_grouped_args(values, mask, keep, group_rows, group_cols, k, col_scale);
   const at::Tensor sel = grouped_mask_cuda(values, keep, group_rows, group_cols, k, true, col_scale);
   const c10::cuda::CUDAGuard guard(values.device());
-  mask.copy_(sel);
+  if (mask.has_value()) mask->copy_(sel);
   values.masked_fill_(sel.logical_not(), 0);
 }
 
