@@ -22,11 +22,13 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
 #include "prune/checks.h"
 #include "prune/order_keys.h"
+#include "prune/undo_log.h"
 
 namespace sparsedistill {
 namespace {
@@ -282,29 +284,45 @@ int guided_row_float(const float* x, const float* sc, int64_t n, int64_t want, f
   return kGuidedHit;
 }
 
-// Keeps p > K of one row and zeroes the rest, writing the keep-mask too when out is given.
-template <bool kScaled, bool kMask>
-void zero_row_float_as(float* __restrict__ x, const float* sc, int64_t n, float K, bool* __restrict__ out) {
-  int64_t c = 0;
+// Keeps p > K of one row and zeroes the rest. kOut: 0 nothing else, 1 the keep-mask into out,
+// 2 the pruned originals into the undo slot (gathered in stage, then streamed to the slot in
+// whole lines; kept elements are never zero, as p > K >= 0, so the zeros are the pruned ones).
+template <bool kScaled, int kOut>
+void zero_row_float_as(float* __restrict__ x, const float* sc, int64_t n, float K, bool* __restrict__ out,
+                       float* __restrict__ stage, float* __restrict__ slot) {
+  int64_t c = 0, m = 0;
   for (; c + 16 <= n; c += 16) {
     const __m512 v = _mm512_loadu_ps(x + c);
     const __m512 p = kScaled ? _mm512_mul_ps(_mm512_abs_ps(v), _mm512_loadu_ps(sc + c)) : _mm512_abs_ps(v);
     const __mmask16 kept = _mm512_cmp_ps_mask(p, _mm512_set1_ps(K), _CMP_GT_OQ);
-    if (kMask) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm_maskz_mov_epi8(kept, _mm_set1_epi8(1)));
+    if (kOut == 1) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm_maskz_mov_epi8(kept, _mm_set1_epi8(1)));
+    if (kOut == 2) {
+      const __mmask16 pruned = static_cast<__mmask16>(~kept);
+      _mm512_storeu_ps(stage + m, _mm512_maskz_compress_ps(pruned, v));
+      m += __builtin_popcount(pruned);
+    }
     _mm512_storeu_ps(x + c, _mm512_maskz_mov_ps(kept, v));
   }
   for (; c < n; ++c) {
     const float p = kScaled ? std::fabs(x[c]) * sc[c] : std::fabs(x[c]);
-    if (kMask) out[c] = p > K;
+    if (kOut == 1) out[c] = p > K;
+    if (kOut == 2 && !(p > K)) stage[m++] = x[c];
     x[c] = p > K ? x[c] : 0.f;
   }
+  if (kOut == 2)  // stage holds m + 15 floats or more, the slot round_up(m, 16)
+    for (int64_t i = 0; i < m; i += 16) _mm512_stream_ps(slot + i, _mm512_loadu_ps(stage + i));
 }
 
-void zero_row_float(float* x, const float* sc, int64_t n, float K, bool* out) {
-  if (sc)
-    out ? zero_row_float_as<true, true>(x, sc, n, K, out) : zero_row_float_as<true, false>(x, sc, n, K, out);
-  else
-    out ? zero_row_float_as<false, true>(x, sc, n, K, out) : zero_row_float_as<false, false>(x, sc, n, K, out);
+void zero_row_float(float* x, const float* sc, int64_t n, float K, bool* out, float* stage, float* slot) {
+  if (sc) {
+    if (out) zero_row_float_as<true, 1>(x, sc, n, K, out, stage, slot);
+    else if (slot) zero_row_float_as<true, 2>(x, sc, n, K, out, stage, slot);
+    else zero_row_float_as<true, 0>(x, sc, n, K, out, stage, slot);
+  } else {
+    if (out) zero_row_float_as<false, 1>(x, sc, n, K, out, stage, slot);
+    else if (slot) zero_row_float_as<false, 2>(x, sc, n, K, out, stage, slot);
+    else zero_row_float_as<false, 0>(x, sc, n, K, out, stage, slot);
+  }
 }
 #endif
 
@@ -313,10 +331,12 @@ void zero_row_float(float* x, const float* sc, int64_t n, float K, bool* out) {
 // elements of values to zero in the mask pass (values must then be contiguous and writable);
 // with zero, mp may be nullptr: no mask is written (a tile-sized scratch serves the tie path).
 // Returns the first tile whose k is outside [0, eligible] (or -1) and sets *nan_seen; with
-// zero, the caller has checked k and NaN before, so that no error can follow a write.
+// zero, the caller has checked k before, and NaN before too unless it passes an undo log: then
+// each tile logs what it zeroes, the tasks stop at the first NaN, and the tiles already pruned
+// are restored before returning, so a rejected call leaves values as they were.
 int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int64_t group_rows,
                      int64_t group_cols, bool magnitude, const float* col_scale, bool zero, bool* mp,
-                     bool* nan_seen) {
+                     bool* nan_seen, UndoLog* undo = nullptr) {
   const int64_t cols = v.size(1), grid_cols = cols / group_cols;
   const int64_t groups = (v.size(0) / group_rows) * grid_cols, tile = group_rows * group_cols;
   std::atomic<int64_t> bad_k{std::numeric_limits<int64_t>::max()};
@@ -340,6 +360,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
       const bool guided = group_rows == 1 && !ep && sign_mask == 0x7fffffffu && tile >= 512;
       float guess = -1.f, eps = 0.0625f;
       for (int64_t g = g0; g < g1; ++g) {
+        if (undo && any_nan.load(std::memory_order_relaxed)) break;  // to be undone: write no more
         const int64_t r0 = (g / grid_cols) * group_rows, c0 = (g % grid_cols) * group_cols;
         bool band_tried = false;
 #if defined(__AVX512F__)
@@ -354,7 +375,9 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
             const int got = guided_row_float(row, sc, tile, want, guess * (1.f - eps), guess * (1.f + eps),
                                              tmp.data(), &K, &below, &equal, &band_n);
             if (got == kGuidedHit && want - below == equal) {  // no tie kept at K: every p <= K goes
-              zero_row_float(row, sc, tile, K, mp ? mp + r0 * cols + c0 : nullptr);
+              zero_row_float(row, sc, tile, K, mp ? mp + r0 * cols + c0 : nullptr,
+                             reinterpret_cast<float*>(tmp.data()), undo ? undo->slot<float>(g) : nullptr);
+              if (undo) undo->mark_written(g);
               guess = K;
               if (band_n > tile / 8 && eps > 1.f / 256) eps *= 0.5f;
               continue;
@@ -401,6 +424,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         }
         if (nan) {
           any_nan = true;
+          if (undo) break;
           continue;
         }
         // Threshold: prune every key < K and the first `ties` keys == K (tile order).
@@ -427,6 +451,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
         }
         // Every key == K goes (the usual case: no tie at the threshold): one compare, no scan.
         const bool all_ties = want > 0 && ties == equal;
+        scalar_t* logged = undo ? undo->slot<scalar_t>(g) : nullptr;  // this tile's undo slot
         if (all_ties && zero && !ep) {  // the usual pruning call: mask and zeros in one pass
           for (int64_t r = 0; r < group_rows; ++r) {
             const int64_t base = (r0 + r) * cols + c0;
@@ -434,12 +459,17 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
             scalar_t* __restrict__ xr = x + base;
             const uint32_t* __restrict__ kr = keys.data() + r * group_cols;
             const scalar_t zero_value(0);
+            if (undo) {  // kept keys are > K, so never zero: the pruned are the zeros after
+              for (int64_t c = 0; c < group_cols; ++c)
+                if (!(kr[c] > K)) *logged++ = xr[c];
+            }
             for (int64_t c = 0; c < group_cols; ++c) {
               const bool kept = kr[c] > K;
               out[c] = kept;
               xr[c] = kept ? xr[c] : zero_value;
             }
           }
+          if (undo) undo->mark_written(g);
           continue;
         }
         for (int64_t r = 0; r < group_rows; ++r) {
@@ -465,14 +495,34 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
             const uint8_t* __restrict__ out = reinterpret_cast<const uint8_t*>(mask_row(r0, c0, r));
             scalar_t* __restrict__ xr = x + base;
             const scalar_t zero_value(0);
+            if (undo) {  // every element zero after the write (kept ties at K = 0 too)
+              for (int64_t c = 0; c < group_cols; ++c)
+                if (!out[c] || static_cast<float>(xr[c]) == 0.f) *logged++ = xr[c];
+            }
             for (int64_t c = 0; c < group_cols; ++c) {
               const scalar_t v = xr[c];
               xr[c] = out[c] ? v : zero_value;  // restrict: the mask is not the weights, so it vectorises
             }
           }
+          if (undo) undo->mark_written(g);
         }
       }
+#if defined(__AVX512F__)
+      if (undo) _mm_sfence();  // the row path's streaming stores, before the restore reads them
+#endif
     });
+    if (undo && any_nan.load()) {  // put back every tile already pruned: its zeros, in tile order
+      for (int64_t g = 0; g < groups; ++g) {
+        if (!undo->written(g)) continue;
+        const int64_t r0 = (g / grid_cols) * group_rows, c0 = (g % grid_cols) * group_cols;
+        const scalar_t* logged = undo->slot<scalar_t>(g);
+        for (int64_t r = 0; r < group_rows; ++r) {
+          scalar_t* xr = x + (r0 + r) * cols + c0;
+          for (int64_t c = 0; c < group_cols; ++c)
+            if (static_cast<float>(xr[c]) == 0.f) xr[c] = *logged++;
+        }
+      }
+    }
   });
   *nan_seen = any_nan.load();
   const int64_t gk = bad_k.load();
@@ -510,8 +560,8 @@ at::Tensor select_smallest_grouped_cpu(const at::Tensor& values, const std::opti
 }
 
 // zero_smallest_grouped: the selection by |values| (times col_scale per column) that writes the
-// mask and zeroes the pruned values in its mask pass. k and NaN are checked first (k per tile
-// from the eligible counts, NaN by one vectorised pass), so a rejected call writes nothing.
+// mask (if given) and zeroes the pruned values in its mask pass. k is checked first (per tile,
+// from the eligible counts), NaN as below, so a rejected call leaves values and mask as they were.
 void zero_smallest_grouped_cpu(const at::Tensor& values, const std::optional<at::Tensor>& mask,
                                const std::optional<at::Tensor>& keep, int64_t group_rows,
                                int64_t group_cols, const at::Tensor& k,
@@ -525,15 +575,24 @@ void zero_smallest_grouped_cpu(const at::Tensor& values, const std::optional<at:
   const int64_t tile = group_rows * group_cols;
   for (int64_t g = 0; g < kc.numel(); ++g)
     check_grouped_k(g, ep ? tile_eligible(ep, g, values.size(1), group_rows, group_cols) : tile, kp[g]);
-  check_grouped_no_nan(has_nan(values.contiguous()));
   const at::Tensor scale = col_scale.has_value() ? col_scale->contiguous() : at::Tensor();
   const bool direct = values.is_contiguous() && (!mask.has_value() || mask->is_contiguous());
-  at::Tensor v = direct ? values : values.contiguous();
+  // NaN, without writing the caller's tensors first: a copy (strided arguments) is checked
+  // before it is copied back; in place without a mask, the undo log restores the tiles pruned
+  // before the NaN (for tiles of 1 KiB or more: each has a line-padded slot); else (into a
+  // caller's mask, or small tiles) one NaN pass runs first.
+  std::optional<UndoLog> undo;
+  if (direct && !mask.has_value() && tile * static_cast<int64_t>(values.element_size()) >= 1024)
+    undo.emplace(kc.numel(), tile, values.element_size());
+  else if (direct)
+    check_grouped_no_nan(has_nan(values));
+  at::Tensor v = direct ? values : values.clone(at::MemoryFormat::Contiguous);
   at::Tensor m;
   if (mask.has_value()) m = direct ? *mask : at::empty(values.sizes(), mask->options());
   bool nan = false;
   select_tiles(v, ep, kp, group_rows, group_cols, true, scale.defined() ? scale.const_data_ptr<float>() : nullptr,
-               true, m.defined() ? m.mutable_data_ptr<bool>() : nullptr, &nan);
+               true, m.defined() ? m.mutable_data_ptr<bool>() : nullptr, &nan, undo ? &*undo : nullptr);
+  check_grouped_no_nan(nan);
   if (!direct) {
     values.copy_(v);
     if (m.defined()) mask->copy_(m);

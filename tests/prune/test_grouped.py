@@ -270,6 +270,44 @@ def test_zero_smallest_grouped_rejects_without_writing(device, case):
             assert torch.equal(v, before_v, ) if case != "nan" else torch.equal(v.isnan(), before_v.isnan())
 
 
+def bits(t):
+    return t.view(torch.int32 if t.element_size() == 4 else torch.int16)
+
+
+@pytest.mark.parametrize("dtype,tile,with_keep", [(torch.float32, (1, 2048), False), (torch.bfloat16, (1, 2048), False),
+                                                  (torch.float32, (2, 1024), True), (torch.float16, (4, 512), False)])
+@pytest.mark.parametrize("nan_row", [0, 37, 63])
+def test_zero_without_mask_restores_the_rows_pruned_before_a_nan(device, dtype, tile, with_keep, nan_row):
+    """In place without a mask, tiles are pruned before a later one shows NaN, then put back
+    from the undo log: the rejected call leaves every bit as it was (zeros, -0.0, ties, zeros
+    kept at a threshold of 0), and without the NaN the same call equals the reference."""
+    gen = torch.Generator().manual_seed(nan_row)
+    rows, cols = 64, 2048
+    v = torch.randn(rows, cols, generator=gen)
+    v[5:9] = (v[5:9] * 2).round() / 2          # ties at the threshold
+    v[10, ::3] = 0.0
+    v[11, ::5] = -0.0
+    v[12, : 3 * cols // 4] = 0.0               # k below the zeros: zeros are kept at K = 0
+    v[20:24] *= 1000.0                         # the guided band misses
+    v = v.to(dtype).to(device)
+    keep = (torch.rand(rows, cols, generator=gen) > 0.1).to(device) if with_keep else None
+    grid = (rows // tile[0], cols // tile[1])
+    eligible = tile[0] * tile[1] if keep is None else keep.reshape(grid[0], tile[0], grid[1], tile[1]).sum((1, 3))
+    k = (torch.full(grid, tile[0] * tile[1] // 2, dtype=torch.int64) if keep is None
+         else (eligible // 2).to(torch.int64)).to(device)
+    k[12 // tile[0]] = (k[12 // tile[0]] // 4)
+    scale = (torch.rand(cols, generator=gen) + 0.5).to(device)
+    bad = v.clone()
+    bad[nan_row, 1000] = float("nan")
+    before = bad.clone()
+    with pytest.raises(ValueError, match="NaN"):
+        torch.ops.sparsedistill.zero_smallest_grouped(bad, None, keep, *tile, k, scale)
+    assert torch.equal(bits(bad), bits(before))
+    want = v.clone()
+    R.zero_smallest_grouped(want, None, keep, *tile, k, scale)
+    assert torch.equal(bits(zeroed_without_mask(v, keep, tile, k, scale)), bits(want))
+
+
 def test_wanda_prune_equals_scores_then_selection(device):
     from sparsedistill.prune import LinearStats, wanda_prune_
     w = torch.randn(16, 40, device=device)
@@ -282,6 +320,13 @@ def test_wanda_prune_equals_scores_then_selection(device):
     assert torch.equal(wanda_prune_(strided, stats, 0.5), want) and torch.equal(strided, w * want)
     for w3 in (w.clone(), w.t().contiguous().t()):  # no mask kept: the same weights
         assert wanda_prune_(w3, stats, 0.5, return_mask=False) is None and torch.equal(w3, w * want)
+    big = torch.randn(40, 4096, device=device)
+    big_stats = LinearStats(10, (torch.rand(4096) * 5).to(device))
+    big[30, 7] = float("nan")
+    before = big.clone()
+    with pytest.raises(ValueError, match="NaN"):
+        wanda_prune_(big, big_stats, 0.5, return_mask=False)
+    assert torch.equal(big.isnan(), before.isnan()) and torch.equal(big.nan_to_num(), before.nan_to_num())
 
 
 def test_zero_smallest_grouped_opcheck():
