@@ -172,9 +172,11 @@ def _with_hidden(args, kwargs, hidden):
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _check_args(model, sparsity, method, calibration, pattern):
+def _check_args(model, sparsity, method, calibration, pattern, keep_masks=True):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(keep_masks, bool):
+        raise TypeError(f"keep_masks must be a bool, got {keep_masks!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if pattern is not None:
@@ -262,9 +264,7 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
     of the model when no block list is found and sequential=False). keep_masks=False leaves
     report.masks empty (one bool per weight saved; the masks are `weight != 0`, up to weights
     that were zero already). Every argument is checked before the model is touched."""
-    sparsity, batches = _check_args(model, sparsity, method, calibration, pattern)
-    if not isinstance(keep_masks, bool):
-        raise TypeError(f"keep_masks must be a bool, got {keep_masks!r}")
+    sparsity, batches = _check_args(model, sparsity, method, calibration, pattern, keep_masks)
     if method == "global_magnitude" or (method == "magnitude" and batches is None):
         return _prune_without_data(model, _default_targets(model, targets, blocks), method, sparsity, pattern,
                                    keep_masks)
