@@ -84,3 +84,18 @@ def test_nm_mask_keeps_n_of_every_m(data):
             assert row[kr].min() >= row[~kr].max()
     if native_serves("nm_mask", "cpu"):
         assert torch.equal(keep, reference.nm_mask(x, n, m, True))
+
+
+@given(st.integers(1, 9), st.integers(1, 70), st.integers(0, 2**31 - 1), st.sampled_from([0.3, 0.5, 0.7]))
+def test_wanda_mask_does_not_depend_on_rescaling_an_input_feature(rows, cols, seed, sparsity):
+    """Dividing column j of W by 2^e and multiplying feature j of X by 2^e (an exact
+    reparametrisation: a LayerNorm gain moved into the next Linear) leaves |W_ij| * ||X_j||, and so
+    Wanda's mask, unchanged. This is why Wanda survives outlier features and magnitude does not."""
+    from sparsedistill.prune import LinearStats, wanda_prune_
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g)
+    sq_sum = torch.rand(cols, generator=g) * 10 + 0.1
+    e = torch.randint(-6, 7, (cols,), generator=g).float()
+    keep = wanda_prune_(w.clone(), LinearStats(5, sq_sum), sparsity)
+    rescaled = wanda_prune_(w / 2**e, LinearStats(5, sq_sum * 4**e), sparsity)
+    assert torch.equal(keep, rescaled)
