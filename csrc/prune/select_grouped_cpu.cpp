@@ -459,10 +459,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
             scalar_t* __restrict__ xr = x + base;
             const uint32_t* __restrict__ kr = keys.data() + r * group_cols;
             const scalar_t zero_value(0);
-            if (undo) {  // kept keys are > K, so never zero: the pruned are the zeros after
-              for (int64_t c = 0; c < group_cols; ++c)
-                if (!(kr[c] > K)) *logged++ = xr[c];
-            }
+            if (undo) logged = log_zeroed(logged, xr, group_cols, [&](int64_t c) { return kr[c] > K; });
             for (int64_t c = 0; c < group_cols; ++c) {
               const bool kept = kr[c] > K;
               out[c] = kept;
@@ -495,10 +492,7 @@ int64_t select_tiles(const at::Tensor& v, const bool* ep, const int64_t* kp, int
             const uint8_t* __restrict__ out = reinterpret_cast<const uint8_t*>(mask_row(r0, c0, r));
             scalar_t* __restrict__ xr = x + base;
             const scalar_t zero_value(0);
-            if (undo) {  // every element zero after the write (kept ties at K = 0 too)
-              for (int64_t c = 0; c < group_cols; ++c)
-                if (!out[c] || static_cast<float>(xr[c]) == 0.f) *logged++ = xr[c];
-            }
+            if (undo) logged = log_zeroed(logged, xr, group_cols, [&](int64_t c) { return out[c] != 0; });
             for (int64_t c = 0; c < group_cols; ++c) {
               const scalar_t v = xr[c];
               xr[c] = out[c] ? v : zero_value;  // restrict: the mask is not the weights, so it vectorises

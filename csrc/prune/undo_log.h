@@ -41,4 +41,13 @@ class UndoLog {
   std::vector<uint8_t> written_;
 };
 
+// Logs the originals of the elements of row xr (n long) that are zero after the write: those
+// not kept, and kept zeros (ties at K = 0). The restore walks each tile's zeros in the same order.
+template <typename T, typename Kept>
+inline T* log_zeroed(T* logged, const T* xr, int64_t n, Kept kept) {
+  for (int64_t c = 0; c < n; ++c)
+    if (!kept(c) || static_cast<float>(xr[c]) == 0.f) *logged++ = xr[c];
+  return logged;
+}
+
 }  // namespace sparsedistill
