@@ -24,7 +24,14 @@ from . import _common as C
 from .outlier_features import activation_spread, spread_table, with_outlier_features
 
 CASES = [("50%", 0.5, None), ("70%", 0.7, None), ("2:4", None, (2, 4))]
-METHODS = ["magnitude", "global_magnitude", "wanda", "sparsegpt"]
+# label -> (prune_model's method, group): each method at its default comparison group, and
+# magnitude per row / Wanda per layer, which separate the activation weighting from the group.
+METHODS = {"magnitude": ("magnitude", None), "magnitude_row": ("magnitude", "row"),
+           "global_magnitude": ("global_magnitude", None), "wanda": ("wanda", None),
+           "wanda_layer": ("wanda", "tensor"), "sparsegpt": ("sparsegpt", None)}
+TITLES = {"magnitude": "magnitude (per layer)", "magnitude_row": "magnitude (per row)",
+          "global_magnitude": "magnitude (global)", "wanda": "Wanda (per row)",
+          "wanda_layer": "Wanda (per layer)", "sparsegpt": "SparseGPT"}
 # Outlier features put into the trained model (benchmarks.outlier_features): 4 of the model's
 # channels 16x larger, fixed before any run of this table; LLaMA-class models show a handful
 # of dimensions 20-100x the median (LLM.int8(), Wanda's motivation).
@@ -78,7 +85,8 @@ def main(argv=None) -> int:
     def prune_and_measure(dense, case, sparsity, pattern, method, dense_ppl):
         m = copy.deepcopy(dense)
         t = time.perf_counter()
-        report = prune_model(m, sparsity, method=method, calibration=calib, pattern=pattern)
+        how, group = METHODS[method]
+        report = prune_model(m, sparsity, method=how, calibration=calib, pattern=pattern, group=group)
         secs = time.perf_counter() - t
         ppl = perplexity(m, val_ids, args.seq)
         errs = [r.error for r in report.layers if r.error is not None]
@@ -89,7 +97,7 @@ def main(argv=None) -> int:
 
     rows = [prune_and_measure(model, case, sparsity, pattern, method, dense_ppl)
             for case, sparsity, pattern in CASES for method in METHODS
-            if not (method == "global_magnitude" and pattern is not None)]
+            if pattern is None or method in ("magnitude", "wanda", "sparsegpt")]
     # The same model with outlier features put in (an exact reparametrisation), at 50%.
     outlier_model, channels = with_outlier_features(model, OUTLIER_FEATURES, OUTLIER_SCALE)
     outlier_dense = perplexity(outlier_model, val_ids, args.seq)
@@ -123,21 +131,20 @@ def main(argv=None) -> int:
              "",
              f"Dense validation perplexity: **{dense_ppl:.2f}** ({val_ids.numel()} tokens of held-out files).",
              "",
-             "| sparsity | magnitude (per layer) | magnitude (global) | Wanda | SparseGPT | Wanda / magnitude increase | SparseGPT <= Wanda |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "| sparsity | " + " | ".join(TITLES.values()) + " | Wanda / magnitude increase | SparseGPT <= Wanda |",
+             "| --- |" + " --- |" * (len(TITLES) + 2)]
     for case, _, _ in CASES:
         cell = lambda m: (f"{by[(case, m)]['ppl']:.2f} ({by[(case, m)]['increase']:+.2f})"  # noqa: E731
                           if (case, m) in by else "n/a")
         mag_up = by[(case, "magnitude")]["increase"]
         ratio = f"{by[(case, 'wanda')]['increase'] / mag_up:.2f}" if mag_up > 0 else "n/a"
         ok = by[(case, "sparsegpt")]["ppl"] <= by[(case, "wanda")]["ppl"]
-        lines.append(f"| {case} | {cell('magnitude')} | {cell('global_magnitude')} | {cell('wanda')} | "
-                     f"{cell('sparsegpt')} | {ratio} | {'yes' if ok else 'no'} |")
-    lines += ["", "Targets (issue 15): at 50%, Wanda's increase at most half of magnitude's (ratio <= 0.5); "
-              "SparseGPT no worse than Wanda.", "",
+        lines.append(f"| {case} | " + " | ".join(cell(m) for m in TITLES) + f" | {ratio} | {'yes' if ok else 'no'} |")
+    lines += ["", "Targets (issue 15): at 50%, Wanda's increase (per row, the paper's) at most half of magnitude's "
+              "(per layer, the paper's baseline): ratio <= 0.5; SparseGPT no worse than Wanda.", "",
               "Mean relative reconstruction error of the pruned layers on the calibration inputs "
               "(||(W - W')X||^2 / ||WX||^2, from prune_model's report):", "",
-              "| sparsity | " + " | ".join(METHODS) + " |", "| --- |" + " --- |" * len(METHODS)]
+              "| sparsity | " + " | ".join(TITLES.values()) + " |", "| --- |" + " --- |" * len(TITLES)]
     for case, _, _ in CASES:
         errs = [by[(case, m)]["mean_rel_error"] if (case, m) in by else None for m in METHODS]
         lines.append(f"| {case} | " + " | ".join("n/a" if e is None else f"{e:.4f}" for e in errs) + " |")
@@ -148,7 +155,9 @@ def main(argv=None) -> int:
               f"The same model with outlier features put in: channels {channels} of every block's two "
               f"LayerNorms x {OUTLIER_SCALE:g}, the input columns of q/k/v and up divided by {OUTLIER_SCALE:g} "
               f"(the same function: dense perplexity {outlier_dense:.2f} against {dense_ppl:.2f}). "
-              "Wanda and SparseGPT do not depend on such a rescaling; magnitude does:", "",
+              "Wanda's and SparseGPT's masks do not depend on such a rescaling (their perplexities should "
+              "repeat the table's); magnitude's do: it now prunes those columns of q/k/v and up whole, which "
+              "costs what those channels carry in this model:", "",
               *spread_table(outlier_spread), "",
               "| 50% | magnitude (per layer) | Wanda | SparseGPT | Wanda / magnitude increase |",
               "| --- | --- | --- | --- | --- |"]
@@ -168,11 +177,11 @@ def main(argv=None) -> int:
         fig, ax = plt.subplots(figsize=(7, 4))
         cases = [c for c, _, _ in CASES]
         for i, method in enumerate(METHODS):
-            xs = [j + i * 0.2 for j, c in enumerate(cases) if (c, method) in by]
+            xs = [j + i * 0.14 for j, c in enumerate(cases) if (c, method) in by]
             ys = [by[(c, method)]["ppl"] for c in cases if (c, method) in by]
-            ax.bar(xs, ys, width=0.2, label=method)
+            ax.bar(xs, ys, width=0.14, label=TITLES[method])
         ax.axhline(dense_ppl, color="k", ls="--", label="dense")
-        ax.set_xticks([j + 0.3 for j in range(len(cases))], cases)
+        ax.set_xticks([j + 0.35 for j in range(len(cases))], cases)
         ax.set_yscale("log")
         ax.set_ylabel("validation perplexity")
         ax.legend()

@@ -29,7 +29,7 @@ from torch import nn
 
 from .calibration import (LinearStats, all_reduce_statistics, as_batches, eval_mode, hooks_collecting, linear_targets,
                           run_batch)
-from .magnitude import global_magnitude_prune_, grouped_prune_, magnitude_mask
+from .magnitude import global_magnitude_prune_, grouped_prune_, magnitude_prune_
 from .nm import nm_mask
 from .sparsegpt import sparsegpt_prune_
 
@@ -172,13 +172,20 @@ def _with_hidden(args, kwargs, hidden):
     return args, {**kwargs, "hidden_states": hidden}
 
 
-def _check_args(model, sparsity, method, calibration, pattern, keep_masks=True):
+def _check_args(model, sparsity, method, calibration, pattern, keep_masks=True, group=None):
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not isinstance(keep_masks, bool):
         raise TypeError(f"keep_masks must be a bool, got {keep_masks!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if group is not None:
+        if group not in ("row", "tensor"):
+            raise ValueError(f"group must be None, 'row' or 'tensor', got {group!r}")
+        if method not in ("wanda", "magnitude") or pattern is not None:
+            raise ValueError(f"group applies to unstructured wanda and magnitude only, not to method={method!r}"
+                             + (f" with pattern={tuple(pattern)}" if pattern is not None else "")
+                             + "; pass group=None")
     if pattern is not None:
         if (not isinstance(pattern, (tuple, list)) or len(pattern) != 2
                 or not all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in pattern)):
@@ -200,17 +207,20 @@ def _check_args(model, sparsity, method, calibration, pattern, keep_masks=True):
     return float(sparsity), batches
 
 
-def _prune_layer(name, module, method, sparsity, pattern, stats, blocksize, percdamp, keep_masks=True):
+def _prune_layer(module, method, sparsity, pattern, stats, blocksize, percdamp, keep_masks, group):
     w = module.weight
     if method == "sparsegpt":
         return sparsegpt_prune_(w, stats.hessian, sparsity, pattern=pattern, blocksize=blocksize,
                                 percdamp=percdamp)
-    if method == "wanda":
+    if method == "wanda" and (pattern is not None or group == "row"):
         return wanda_prune_(w, stats, sparsity, pattern=pattern, return_mask=keep_masks)
-    keep = nm_mask(w, *pattern) if pattern is not None else magnitude_mask(w, sparsity)
-    with torch.no_grad():
-        w.masked_fill_(~keep, 0)
-    return keep
+    if pattern is not None:
+        keep = nm_mask(w, *pattern)
+        with torch.no_grad():
+            w.masked_fill_(~keep, 0)
+        return keep
+    scores = wanda_scores(w, stats) if method == "wanda" else None
+    return magnitude_prune_(w, sparsity, scores=scores, group=group)
 
 
 class _ErrorMeter:
@@ -251,7 +261,7 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
                 pattern=None, blocks=None, sequential: bool = True, targets=None,
                 blocksize: int = 128, percdamp: float = 0.01,
                 hessian_dtype: torch.dtype = torch.float32, process_group=None,
-                keep_masks: bool = True) -> PruneReport:
+                keep_masks: bool = True, group: str | None = None) -> PruneReport:
     """Prunes the Linears of `model` in place and returns a PruneReport (per layer: sparsity,
     reconstruction error on the calibration inputs; and the keep-masks, named as
     train.prunable_weights names weights, for MaskedPruner(masks=...) fine-tuning).
@@ -263,11 +273,15 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
     Linear inside the blocks, as Wanda and SparseGPT prune them, so not an LM head; every Linear
     of the model when no block list is found and sequential=False). keep_masks=False leaves
     report.masks empty (one bool per weight saved; the masks are `weight != 0`, up to weights
-    that were zero already). Every argument is checked before the model is touched."""
-    sparsity, batches = _check_args(model, sparsity, method, calibration, pattern, keep_masks)
+    that were zero already). group: where the weights of an unstructured wanda or magnitude layer
+    compete, "row" (each output row: Wanda's default) or "tensor" (the whole layer: magnitude's
+    default, and torchao's WandaSparsifier); None: the method's default. Every argument is
+    checked before the model is touched."""
+    sparsity, batches = _check_args(model, sparsity, method, calibration, pattern, keep_masks, group)
+    compete = group or ("row" if method == "wanda" else "tensor")  # (`group` below: a block's layers)
     if method == "global_magnitude" or (method == "magnitude" and batches is None):
         return _prune_without_data(model, _default_targets(model, targets, blocks), method, sparsity, pattern,
-                                   keep_masks)
+                                   keep_masks, compete)
     if sequential:
         path, block_list = find_blocks(model, blocks)
         in_blocks = {}
@@ -289,7 +303,8 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
     def prune_group(names, stats):
         originals = {n: layers[n].weight.detach().clone() for n in names}
         for n in names:
-            keep = _prune_layer(n, layers[n], method, sparsity, pattern, stats[n], blocksize, percdamp, keep_masks)
+            keep = _prune_layer(layers[n], method, sparsity, pattern, stats[n], blocksize, percdamp, keep_masks,
+                                compete)
             if keep_masks:
                 report.masks[f"{n}.weight"] = keep
         return originals
@@ -351,7 +366,7 @@ def _add_reports(report, group, method, meter):
                                          meter.error(n) if meter is not None else None))
 
 
-def _prune_without_data(model, layers, method, sparsity, pattern, keep_masks) -> PruneReport:
+def _prune_without_data(model, layers, method, sparsity, pattern, keep_masks, group) -> PruneReport:
     report = PruneReport(method)
     if method == "global_magnitude":
         names = list(layers)
@@ -359,7 +374,7 @@ def _prune_without_data(model, layers, method, sparsity, pattern, keep_masks) ->
         report.masks = {f"{n}.weight": k for n, k in zip(names, keeps)}
     else:
         for n, m in layers.items():
-            report.masks[f"{n}.weight"] = _prune_layer(n, m, method, sparsity, pattern, None, 0, 0.0)
+            report.masks[f"{n}.weight"] = _prune_layer(m, method, sparsity, pattern, None, 0, 0.0, keep_masks, group)
     if not keep_masks:
         report.masks = {}
     _add_reports(report, layers, method, None)

@@ -178,6 +178,9 @@ def test_keyword_inputs_reach_every_block():
     (dict(sparsity=0.5, method="obs"), ValueError, "method"),
     (dict(sparsity=0.5, blocks="decoder.layers"), ValueError, "blocks"),
     (dict(sparsity=0.5, keep_masks=None), TypeError, "keep_masks"),
+    (dict(sparsity=0.5, group="column"), ValueError, "group"),
+    (dict(sparsity=0.5, method="sparsegpt", group="row"), ValueError, "group"),
+    (dict(sparsity=None, pattern=(2, 4), group="tensor"), ValueError, "group"),
 ])
 def test_bad_arguments_leave_the_model_untouched(kwargs, err, match):
     model = Tiny()
@@ -187,6 +190,22 @@ def test_bad_arguments_leave_the_model_untouched(kwargs, err, match):
         prune_model(model, **kwargs)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert no_hooks(model)
+
+
+@pytest.mark.parametrize("method,group", [("wanda", "tensor"), ("wanda", "row"), ("wanda", None),
+                                          ("magnitude", "row"), ("magnitude", "tensor"), ("magnitude", None)])
+def test_group_chooses_where_the_weights_compete(method, group):
+    model = Tiny()
+    dense = copy.deepcopy(model)
+    stats = collect_statistics(dense, batches(), [f"layers.{i}.{p}" for i in range(3) for p in ("up", "down")])
+    report = prune_model(model, 0.5, method=method, calibration=batches(), sequential=False, group=group)
+    per = group or ("row" if method == "wanda" else "tensor")
+    for name, st in stats.items():
+        w = dense.get_submodule(name).weight.detach()
+        scores = wanda_scores(w, st) if method == "wanda" else None
+        want = sd.magnitude_mask(w, 0.5, scores=scores, group=per)
+        assert torch.equal(report.masks[f"{name}.weight"], want)
+        assert torch.equal(model.get_submodule(name).weight, w * want)
 
 
 def test_error_inside_a_block_removes_the_hooks():
