@@ -6,7 +6,7 @@
 // student and the teacher logits and the gradient):
 //   1. logits = softcap(logit_scale * (h @ W.T + b)) for both models, in float32, never
 //      rounded to 16 bits (CPU ATen has no mm(..., out_dtype)). A model whose hidden states,
-//      weight and bias are bf16, on a CPU with AVX512_BF16, runs our bf16 x bf16 -> float32
+//      weight and bias are bf16, on a CPU with AVX512_BF16 and no AMX, runs our bf16 x bf16 -> float32
 //      GEMM (bf16_gemm_cpu.h) on its weight packed once per call. Any other widens its weight
 //      to float32 once and runs ATen's GEMM (MKL / oneDNN), in oneDNN's bf16 mode for an
 //      all-bf16 model with an odd hidden size on a CPU with native bf16 (Bf16Matmuls). With pad_vocab the
@@ -19,13 +19,16 @@
 //      GEMMs round G to bf16 (float32 accumulation), as autograd's bf16 matmuls do.
 // Labels are range-checked once, against the student's classes, before the loop.
 #include <ATen/Context.h>
+#include <ATen/cpu/Utils.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #endif
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "common/huge_tensor.h"
 #include "distill/bf16_gemm_cpu.h"
@@ -53,6 +56,35 @@ bool native_bf16_cpu() {
   return has;
 }
 
+// Whether the CPU has AMX-BF16 tiles and the OS lets this process use them (at::cpu::init_amx
+// asks Linux for the tile state). oneDNN's bf16 mode then runs on the tiles, 1.7x faster than
+// our AVX512_BF16 kernel for the logits (docs/performance.md), so bf16 heads take that path.
+bool amx_bf16_cpu() {
+  static const bool has = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool tiles = (d & (1u << 22)) && (d & (1u << 24));  // AMX-BF16, AMX-TILE
+    return tiles && at::cpu::init_amx();
+#else
+    return false;
+#endif
+  }();
+  return has;
+}
+
+// Whether a bf16 head runs our AVX512_BF16 GEMM where it can: yes unless the CPU has AMX
+// (and oneDNN is on). SPARSEDISTILL_CPU_BF16_GEMM=ours or =onednn chooses instead (the tests
+// run both kernels on every CPU that has them).
+bool prefer_our_bf16_gemm(bool onednn) {
+  const char* env = std::getenv("SPARSEDISTILL_CPU_BF16_GEMM");
+  if (env == nullptr || *env == '\0') return !(onednn && amx_bf16_cpu());
+  const std::string choice(env);
+  TORCH_CHECK(choice == "ours" || choice == "onednn",
+              "SPARSEDISTILL_CPU_BF16_GEMM must be 'ours' or 'onednn' (or unset), got '", choice, "'");
+  return choice == "ours";
+}
+
 // While alive (and on), ATen's float32 CPU matmuls run in oneDNN's bf16 mode: the inputs
 // rounded to bf16 (exact for float32 copies of bf16 tensors), float32 accumulation and output.
 // The mode is ATen's global setting (torch.backends.mkldnn.matmul.fp32_precision); it is
@@ -77,17 +109,18 @@ class Bf16Matmuls {
 };
 
 // One model's output projection for the chunks' logits. A bf16 model (hidden states, weight and
-// bias) with an even hidden size, on a CPU with AVX512_BF16, uses our bf16 x bf16 -> float32
-// GEMM on its weight packed once (no float32 copy). Any other uses ATen's GEMM on a float32
-// copy of the weight (none for float32), in oneDNN's bf16 mode for a bf16 model on a CPU with
-// native bf16 (Bf16Matmuls).
+// bias) with an even hidden size, on a CPU with AVX512_BF16 but no AMX, uses our bf16 x bf16 ->
+// float32 GEMM on its weight packed once (no float32 copy). Any other uses ATen's GEMM on a
+// float32 copy of the weight (none for float32), in oneDNN's bf16 mode for a bf16 model on a
+// CPU with native bf16 (Bf16Matmuls; on AMX tiles where there are).
 struct Head {
   Head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias)
       : vocab(weight.size(0)) {
     const bool all_bf16 = hidden.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
                           (!bias.has_value() || bias->scalar_type() == at::kBFloat16);
-    packed = all_bf16 && hidden.size(1) % 2 == 0 && bf16_gemm_available();
-    bf16 = all_bf16 && !packed && at::globalContext().userEnabledMkldnn() && native_bf16_cpu();
+    const bool onednn = at::globalContext().userEnabledMkldnn();
+    packed = all_bf16 && hidden.size(1) % 2 == 0 && bf16_gemm_available() && prefer_our_bf16_gemm(onednn);
+    bf16 = all_bf16 && !packed && onednn && native_bf16_cpu();
     h = packed ? hidden.contiguous() : hidden;
     w = packed ? pack_bf16_transposed(weight.contiguous()) : weight.to(at::kFloat).contiguous();
     if (bias.has_value()) b = bias->to(at::kFloat).contiguous();

@@ -182,7 +182,15 @@ def test_default_chunk_rows_fits_the_budget():
     assert default_chunk_rows(100000, 32000, weight_bytes=4 * 2 * 32000 * 1024) == (96 << 20) // (8 * 32000)
 
 
-def test_bf16_logits_are_not_rounded_first(device):
+@pytest.fixture(params=["ours", "onednn"])
+def cpu_bf16_gemm(request, monkeypatch):
+    """Each CPU kernel of a bf16 head's GEMMs: our AVX512_BF16 GEMM (the default without AMX) or
+    oneDNN's bf16 mode on float32 copies (the default on AMX); a CPU lacking ours runs oneDNN's."""
+    monkeypatch.setenv("SPARSEDISTILL_CPU_BF16_GEMM", request.param)
+    return request.param
+
+
+def test_bf16_logits_are_not_rounded_first(device, cpu_bf16_gemm):
     """The chunk's logits come from float32 products of the bf16 inputs, not bf16 logits."""
     d = make(dtype=torch.bfloat16, device=device, hs=256)
     got = ours(d, chunk_rows=8)
@@ -193,7 +201,7 @@ def test_bf16_logits_are_not_rounded_first(device):
 
 
 @pytest.mark.parametrize("hs,v,chunk", [(130, 197, 13), (15, 70, 6), (64, 64, 24)])
-def test_bf16_odd_sizes(device, hs, v, chunk):
+def test_bf16_odd_sizes(device, hs, v, chunk, cpu_bf16_gemm):
     """bf16 on the CPU's AVX512_BF16 GEMM (even hidden sizes) or the float32 fallback (odd):
     register-tile and panel tails (rows not a multiple of 6, columns of 64), odd chunk rows."""
     d = make(n=37, hs=hs, ht=hs + 2, v=v, dtype=torch.bfloat16, device=device, bias=True)
@@ -443,7 +451,7 @@ def test_torch_compile_fullgraph(device):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("divergence", [0, 1, 2])
 @pytest.mark.parametrize("pad", [False, True])
-def test_native_kernel_matches_reference(device, dtype, divergence, pad):
+def test_native_kernel_matches_reference(device, dtype, divergence, pad, cpu_bf16_gemm):
     skip_unless_serving("fused_linear_distill", device)
     d = make(n=37, v=300, vt=290 if pad else None, dtype=dtype, device=device, bias=True)
     d["y"] = d["y"].clamp(max=289)
