@@ -1,6 +1,9 @@
-"""What every area shares: the floating dtypes the kernels compute on, and the formatting of
-argument-check messages, which the C++ checks (csrc/common/checks.h) write the same way."""
+"""What every area shares: the floating dtypes the kernels compute on, the formatting of
+argument-check messages, which the C++ checks (csrc/common/checks.h) write the same way, and
+the CPU's feature flags."""
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -25,3 +28,17 @@ def op_check(cond: bool, exc: type, *pieces) -> None:
 def cpp_float(x: float) -> str:
     """A float as C++'s std::to_string writes it in the native kernels' messages ("%f")."""
     return f"{x:f}"
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags as Linux lists them (/proc/cpuinfo), e.g. "avx512_bf16",
+    "amx_bf16"; empty where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()

@@ -7,12 +7,15 @@
 #include "distill/bf16_gemm_cpu.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/cpu/Utils.h>
+#include <ATen/native/CPUBlas.h>
 
 #include "common/huge_tensor.h"
 
 #include <algorithm>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define SD_BF16_GEMM 1
 #define SD_TARGET_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
@@ -78,6 +81,20 @@ bool bf16_gemm_available() {
 #else
   return false;
 #endif
+}
+
+bool amx_bf16_available() {
+  static const bool ok = [] {
+#if defined(__x86_64__) && defined(__GNUC__)
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool tiles = (d & (1u << 22)) && (d & (1u << 24));  // AMX-BF16, AMX-TILE
+    return tiles && at::cpu::init_amx();  // asks Linux for the tile state
+#else
+    return false;
+#endif
+  }();
+  return ok;
 }
 
 at::Tensor pack_bf16_transposed(const at::Tensor& w) {
@@ -154,7 +171,33 @@ void pack_bf16_transposed_pairs(const at::Tensor& x, at::Tensor& out) {
 }
 
 void bf16_gemm(int64_t M, int64_t N, int64_t kp, const uint32_t* A, int64_t lda, const uint32_t* B,
-               float* C, int64_t ldc, bool accumulate, const float* bias) {
+               float* C, int64_t ldc, bool accumulate, const float* bias, bool amx) {
+  if (amx) {
+    // Our panels are VNNI blocks ([K/2][64][2] bf16, the layout oneDNN's AMX brgemm takes), so
+    // each task is one brgemm call of its rows x one panel; the bias is C's start value.
+    TORCH_CHECK(amx_bf16_available(), "bf16_gemm: this CPU has no usable AMX-BF16");
+    const int64_t np = panels(N);
+    const bool by_panel = N >= M;
+    const int64_t rows = by_panel ? std::min<int64_t>(M, 256) : 64, nm = (M + rows - 1) / rows;
+    at::parallel_for(0, np * nm, 1, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; ++t) {
+        const int64_t i = by_panel ? t % nm : t / np, j = by_panel ? t / nm : t % np;
+        const int64_t c0 = j * kPanel, cols = std::min(kPanel, N - c0);
+        const int64_t m0 = i * rows, mr = std::min(M, m0 + rows) - m0;
+        float* c = C + m0 * ldc + c0;
+        if (bias && !accumulate)
+          for (int64_t r = 0; r < mr; ++r) std::copy(bias + c0, bias + c0 + cols, c + r * ldc);
+        at::native::cpublas::brgemm(mr, cols, 2 * kp, 2 * lda, kPanel, ldc, accumulate || bias != nullptr,
+                                    reinterpret_cast<const at::BFloat16*>(A + m0 * lda),
+                                    reinterpret_cast<const at::BFloat16*>(B + j * kp * kPanel), c, true);
+        if (bias && accumulate)
+          for (int64_t r = 0; r < mr; ++r)
+            for (int64_t n = 0; n < cols; ++n) c[r * ldc + n] += bias[c0 + n];
+      }
+      at::native::cpublas::brgemm_release(true);
+    });
+    return;
+  }
 #ifdef SD_BF16_GEMM
   TORCH_CHECK(bf16_gemm_available(), "bf16_gemm: this CPU has no AVX512_BF16");
   const int64_t np = panels(N);

@@ -1,7 +1,8 @@
 // A bfloat16 x bfloat16 -> float32 GEMM for the CPU fused linear loss, on AVX512_BF16
 // (`vdpbf16ps`): float32 products of the exact bf16 values, float32 accumulation, float32
 // output. CPU ATen has no such GEMM (`mm(..., out_dtype=float32)` is CUDA-only, oneDNN's
-// `mkldnn_matmul` refuses a float32 output for bf16 inputs, `cpublas::brgemm` needs AMX).
+// `mkldnn_matmul` refuses a float32 output for bf16 inputs), except `cpublas::brgemm` on AMX,
+// which this file calls on the same packed panels where the CPU has AMX-BF16.
 //
 // Layouts, in 32-bit words that each hold a pair of bf16 values along K (low half = even k):
 //   A: M x kp words, row stride lda (a row-major bf16 M x K matrix with K even is one as is);
@@ -17,6 +18,10 @@ namespace sparsedistill {
 // Whether this CPU (and OS) runs the kernel: AVX512F/BW and AVX512_BF16.
 bool bf16_gemm_available();
 
+// Whether it has AMX-BF16 tiles the OS lets this process use: bf16_gemm(amx=true) then runs
+// ATen's cpublas::brgemm (oneDNN's AMX ukernel) on the same packed panels.
+bool amx_bf16_available();
+
 // B panels of W^T for a bf16 W (N x K, rows contiguous, K even): the logits' B, z = h @ W.T.
 at::Tensor pack_bf16_transposed(const at::Tensor& w);
 
@@ -29,8 +34,9 @@ void pack_bf16_row_pairs(const at::Tensor& x, at::Tensor& out);
 // (X[2p, n], X[2p + 1, n]), into the first N * ceil(R / 2) words of `out` (int32).
 void pack_bf16_transposed_pairs(const at::Tensor& x, at::Tensor& out);
 
-// C (M x N, float32, row stride ldc) = [C +] A @ B [+ bias (N, float32)], threaded over tiles.
+// C (M x N, float32, row stride ldc) = [C +] A @ B [+ bias (N, float32)], threaded over tiles;
+// amx: on AMX tiles (ATen's brgemm) instead of our AVX512_BF16 register tiles.
 void bf16_gemm(int64_t M, int64_t N, int64_t kp, const uint32_t* A, int64_t lda,
-               const uint32_t* B, float* C, int64_t ldc, bool accumulate, const float* bias);
+               const uint32_t* B, float* C, int64_t ldc, bool accumulate, const float* bias, bool amx);
 
 }  // namespace sparsedistill

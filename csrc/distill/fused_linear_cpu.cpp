@@ -6,8 +6,8 @@
 // student and the teacher logits and the gradient):
 //   1. logits = softcap(logit_scale * (h @ W.T + b)) for both models, in float32, never
 //      rounded to 16 bits (CPU ATen has no mm(..., out_dtype)). A model whose hidden states,
-//      weight and bias are bf16, on a CPU with AVX512_BF16 and no AMX, runs our bf16 x bf16 -> float32
-//      GEMM (bf16_gemm_cpu.h) on its weight packed once per call. Any other widens its weight
+//      weight and bias are bf16, on a CPU with AMX-BF16 or AVX512_BF16, runs the bf16 x bf16 ->
+//      float32 GEMM of bf16_gemm_cpu.h on its weight packed once per call. Any other widens its weight
 //      to float32 once and runs ATen's GEMM (MKL / oneDNN), in oneDNN's bf16 mode for an
 //      all-bf16 model with an odd hidden size on a CPU with native bf16 (Bf16Matmuls). With pad_vocab the
 //      classes one model lacks keep -inf logits (probability 0).
@@ -19,7 +19,6 @@
 //      GEMMs round G to bf16 (float32 accumulation), as autograd's bf16 matmuls do.
 // Labels are range-checked once, against the student's classes, before the loop.
 #include <ATen/Context.h>
-#include <ATen/cpu/Utils.h>
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <cpuid.h>
 #endif
@@ -56,33 +55,17 @@ bool native_bf16_cpu() {
   return has;
 }
 
-// Whether the CPU has AMX-BF16 tiles and the OS lets this process use them (at::cpu::init_amx
-// asks Linux for the tile state). oneDNN's bf16 mode then runs on the tiles, 1.7x faster than
-// our AVX512_BF16 kernel for the logits (docs/performance.md), so bf16 heads take that path.
-bool amx_bf16_cpu() {
-  static const bool has = [] {
-#if defined(__x86_64__) && defined(__GNUC__)
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    const bool tiles = (d & (1u << 22)) && (d & (1u << 24));  // AMX-BF16, AMX-TILE
-    return tiles && at::cpu::init_amx();
-#else
-    return false;
-#endif
-  }();
-  return has;
-}
-
-// Whether a bf16 head runs our AVX512_BF16 GEMM where it can: yes unless the CPU has AMX
-// (and oneDNN is on). SPARSEDISTILL_CPU_BF16_GEMM=ours or =onednn chooses instead (the tests
-// run both kernels on every CPU that has them).
-bool prefer_our_bf16_gemm(bool onednn) {
+// How a bf16 head's GEMMs run: "brgemm" (ATen's cpublas::brgemm on AMX tiles) or "ours" (our
+// AVX512_BF16 register tiles), both on the weight packed once; "onednn": float32 copies in
+// oneDNN's bf16 mode. Default: brgemm where the CPU has AMX, else ours.
+// SPARSEDISTILL_CPU_BF16_GEMM chooses (the tests run each); one the CPU lacks falls back.
+std::string bf16_gemm_choice() {
   const char* env = std::getenv("SPARSEDISTILL_CPU_BF16_GEMM");
-  if (env == nullptr || *env == '\0') return !(onednn && amx_bf16_cpu());
+  if (env == nullptr || *env == '\0') return amx_bf16_available() ? "brgemm" : "ours";
   const std::string choice(env);
-  TORCH_CHECK(choice == "ours" || choice == "onednn",
-              "SPARSEDISTILL_CPU_BF16_GEMM must be 'ours' or 'onednn' (or unset), got '", choice, "'");
-  return choice == "ours";
+  TORCH_CHECK(choice == "ours" || choice == "brgemm" || choice == "onednn",
+              "SPARSEDISTILL_CPU_BF16_GEMM must be 'brgemm', 'ours' or 'onednn' (or unset), got '", choice, "'");
+  return choice;
 }
 
 // While alive (and on), ATen's float32 CPU matmuls run in oneDNN's bf16 mode: the inputs
@@ -109,18 +92,19 @@ class Bf16Matmuls {
 };
 
 // One model's output projection for the chunks' logits. A bf16 model (hidden states, weight and
-// bias) with an even hidden size, on a CPU with AVX512_BF16 but no AMX, uses our bf16 x bf16 ->
-// float32 GEMM on its weight packed once (no float32 copy). Any other uses ATen's GEMM on a
-// float32 copy of the weight (none for float32), in oneDNN's bf16 mode for a bf16 model on a
-// CPU with native bf16 (Bf16Matmuls; on AMX tiles where there are).
+// bias) with an even hidden size, on a CPU with AMX-BF16 or AVX512_BF16, uses bf16_gemm (bf16 x
+// bf16 -> float32) on its weight packed once (no float32 copy). Any other uses ATen's GEMM on
+// a float32 copy of the weight (none for float32), in oneDNN's bf16 mode for a bf16 model on a
+// CPU with native bf16 (Bf16Matmuls).
 struct Head {
   Head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias)
       : vocab(weight.size(0)) {
     const bool all_bf16 = hidden.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 &&
                           (!bias.has_value() || bias->scalar_type() == at::kBFloat16);
-    const bool onednn = at::globalContext().userEnabledMkldnn();
-    packed = all_bf16 && hidden.size(1) % 2 == 0 && bf16_gemm_available() && prefer_our_bf16_gemm(onednn);
-    bf16 = all_bf16 && !packed && onednn && native_bf16_cpu();
+    const std::string how = all_bf16 ? bf16_gemm_choice() : "";
+    amx = how == "brgemm" && amx_bf16_available();
+    packed = all_bf16 && hidden.size(1) % 2 == 0 && (amx || (how != "onednn" && bf16_gemm_available()));
+    bf16 = all_bf16 && !packed && at::globalContext().userEnabledMkldnn() && native_bf16_cpu();
     h = packed ? hidden.contiguous() : hidden;
     w = packed ? pack_bf16_transposed(weight.contiguous()) : weight.to(at::kFloat).contiguous();
     if (bias.has_value()) b = bias->to(at::kFloat).contiguous();
@@ -140,7 +124,8 @@ struct Head {
     if (packed) {
       bf16_gemm(x.size(0), vocab, x.size(1) / 2, reinterpret_cast<const uint32_t*>(x.const_data_ptr()),
                 x.size(1) / 2, reinterpret_cast<const uint32_t*>(w.const_data_ptr()),
-                out.mutable_data_ptr<float>(), z.size(1), false, b.has_value() ? b->const_data_ptr<float>() : nullptr);
+                out.mutable_data_ptr<float>(), z.size(1), false, b.has_value() ? b->const_data_ptr<float>() : nullptr,
+                amx);
     } else {
       Bf16Matmuls mode(bf16);
       if (b.has_value()) {
@@ -153,7 +138,7 @@ struct Head {
   }
 
   int64_t vocab;
-  bool packed = false, bf16 = false;  // our bf16 GEMM; else ATen's float32 GEMM, in bf16 mode
+  bool packed = false, amx = false, bf16 = false;  // bf16_gemm (on AMX); else ATen's float32 GEMM, in bf16 mode
   at::Tensor h, w;  // the hidden states (contiguous when packed); packed or float32 weight
   std::optional<at::Tensor> b;  // float32 bias
 };
@@ -192,7 +177,7 @@ class StudentGrads {
     pack_bf16_row_pairs(x, b_);
     bf16_gemm(head_.vocab, grad_w.size(1), pairs, reinterpret_cast<const uint32_t*>(a_.const_data_ptr()),
               pairs, reinterpret_cast<const uint32_t*>(b_.const_data_ptr()), grad_w.mutable_data_ptr<float>(),
-              grad_w.size(1), true, nullptr);
+              grad_w.size(1), true, nullptr, head_.amx);
   }
 
  private:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .._common import cpu_flags
 from .._timing import interleaved_times_ms, median
 from .modules import SparseLinear
 
@@ -101,8 +102,7 @@ def compare_ms(dense_fn, sparse_fn, device: str, *, min_pairs: int = 15,
 def _amx_note(dtype: torch.dtype, device: str) -> str:
     if device != "cpu" or dtype not in (torch.bfloat16, torch.float16):
         return ""
-    amx = getattr(getattr(torch._C, "_cpu", None), "_is_amx_tile_supported", lambda: False)()
-    if amx:
+    if ("amx_bf16" if dtype == torch.bfloat16 else "amx_fp16") in cpu_flags():
         return f"; dense {str(dtype)[6:]} matmul runs on AMX tiles on this CPU"
     return f"; dense {str(dtype)[6:]} matmul runs in oneDNN's low-precision kernels on this CPU"
 

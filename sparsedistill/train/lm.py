@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._common import cpu_flags
 from .loops import progress_bar
 from .text import random_windows
 
@@ -36,14 +37,7 @@ class LMConfig:
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (avx512_bf16 or AMX), so that bf16 autocast
     is faster than float32 there; elsewhere oneDNN emulates it and float32 is the faster choice."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return torch.backends.mkldnn.is_available() and bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def autocast(enabled: bool):

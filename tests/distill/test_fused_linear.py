@@ -182,10 +182,11 @@ def test_default_chunk_rows_fits_the_budget():
     assert default_chunk_rows(100000, 32000, weight_bytes=4 * 2 * 32000 * 1024) == (96 << 20) // (8 * 32000)
 
 
-@pytest.fixture(params=["ours", "onednn"])
+@pytest.fixture(params=["brgemm", "ours", "onednn"])
 def cpu_bf16_gemm(request, monkeypatch):
-    """Each CPU kernel of a bf16 head's GEMMs: our AVX512_BF16 GEMM (the default without AMX) or
-    oneDNN's bf16 mode on float32 copies (the default on AMX); a CPU lacking ours runs oneDNN's."""
+    """Each CPU kernel of a bf16 head's GEMMs: ATen's brgemm on AMX tiles (the default where the
+    CPU has them), our AVX512_BF16 GEMM (the default elsewhere), or oneDNN's bf16 mode on float32
+    copies; a kernel the CPU lacks falls back to the next."""
     monkeypatch.setenv("SPARSEDISTILL_CPU_BF16_GEMM", request.param)
     return request.param
 
