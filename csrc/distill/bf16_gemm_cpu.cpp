@@ -170,54 +170,56 @@ void pack_bf16_transposed_pairs(const at::Tensor& x, at::Tensor& out) {
   });
 }
 
+namespace {
+
+// Tasks of up to `rows` rows x one 64-column panel of C, threaded: tile(m0, m1, j) for each,
+// then done() once per thread. by_panel (few rows: the logits of a chunk) runs down a panel
+// first, so A stays in L2; otherwise (many rows: the weight gradient) along the rows, reusing B.
+template <typename Tile, typename Done>
+void parallel_tiles(int64_t M, int64_t N, int64_t rows, bool by_panel, const Tile& tile, const Done& done) {
+  const int64_t np = panels(N), nm = (M + rows - 1) / rows;
+  at::parallel_for(0, np * nm, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      const int64_t i = by_panel ? t % nm : t / np, j = by_panel ? t / nm : t % np;
+      tile(i * rows, std::min(M, (i + 1) * rows), j);
+    }
+    done();
+  });
+}
+
+}  // namespace
+
 void bf16_gemm(int64_t M, int64_t N, int64_t kp, const uint32_t* A, int64_t lda, const uint32_t* B,
                float* C, int64_t ldc, bool accumulate, const float* bias, bool amx) {
+  const bool by_panel = N >= M;
   if (amx) {
     // Our panels are VNNI blocks ([K/2][64][2] bf16, the layout oneDNN's AMX brgemm takes), so
-    // each task is one brgemm call of its rows x one panel; the bias is C's start value.
+    // each task is one brgemm call; the bias is added to C first (or is C's start value).
     TORCH_CHECK(amx_bf16_available(), "bf16_gemm: this CPU has no usable AMX-BF16");
-    const int64_t np = panels(N);
-    const bool by_panel = N >= M;
-    const int64_t rows = by_panel ? std::min<int64_t>(M, 256) : 64, nm = (M + rows - 1) / rows;
-    at::parallel_for(0, np * nm, 1, [&](int64_t first, int64_t last) {
-      for (int64_t t = first; t < last; ++t) {
-        const int64_t i = by_panel ? t % nm : t / np, j = by_panel ? t / nm : t % np;
-        const int64_t c0 = j * kPanel, cols = std::min(kPanel, N - c0);
-        const int64_t m0 = i * rows, mr = std::min(M, m0 + rows) - m0;
-        float* c = C + m0 * ldc + c0;
-        if (bias && !accumulate)
-          for (int64_t r = 0; r < mr; ++r) std::copy(bias + c0, bias + c0 + cols, c + r * ldc);
-        at::native::cpublas::brgemm(mr, cols, 2 * kp, 2 * lda, kPanel, ldc, accumulate || bias != nullptr,
-                                    reinterpret_cast<const at::BFloat16*>(A + m0 * lda),
-                                    reinterpret_cast<const at::BFloat16*>(B + j * kp * kPanel), c, true);
-        if (bias && accumulate)
-          for (int64_t r = 0; r < mr; ++r)
-            for (int64_t n = 0; n < cols; ++n) c[r * ldc + n] += bias[c0 + n];
-      }
-      at::native::cpublas::brgemm_release(true);
-    });
+    auto tile = [&](int64_t m0, int64_t m1, int64_t j) {
+      const int64_t c0 = j * kPanel, cols = std::min(kPanel, N - c0);
+      float* c = C + m0 * ldc + c0;
+      for (int64_t r = 0; bias && r < m1 - m0; ++r)
+        for (int64_t n = 0; n < cols; ++n) c[r * ldc + n] = (accumulate ? c[r * ldc + n] : 0.f) + bias[c0 + n];
+      at::native::cpublas::brgemm(m1 - m0, cols, 2 * kp, 2 * lda, kPanel, ldc, accumulate || bias != nullptr,
+                                  reinterpret_cast<const at::BFloat16*>(A + m0 * lda),
+                                  reinterpret_cast<const at::BFloat16*>(B + j * kp * kPanel), c, true);
+    };
+    parallel_tiles(M, N, by_panel ? std::min<int64_t>(M, 256) : 64, by_panel, tile,
+                   [] { at::native::cpublas::brgemm_release(true); });
     return;
   }
 #ifdef SD_BF16_GEMM
   TORCH_CHECK(bf16_gemm_available(), "bf16_gemm: this CPU has no AVX512_BF16");
-  const int64_t np = panels(N);
-  // Few rows (the logits of a chunk): a task is one panel of B over all rows, A stays in L2.
-  // Many rows (the weight gradient): a task is 48 rows x one panel, row-major, B is reused.
-  const bool by_panel = N >= M;
-  const int64_t rows = by_panel ? M : 48, nm = (M + rows - 1) / rows;
-  at::parallel_for(0, np * nm, 1, [&](int64_t first, int64_t last) {
-    for (int64_t t = first; t < last; ++t) {
-      const int64_t i = by_panel ? t % nm : t / np, j = by_panel ? t / nm : t % np;
-      const int64_t c0 = j * kPanel, cols = std::min(kPanel, N - c0);
-      const uint32_t* bp = B + j * kp * kPanel;
-      const float* bj = bias ? bias + c0 : nullptr;
-      const int64_t m1 = std::min(M, (i + 1) * rows);
-      for (int64_t m = i * rows; m < m1; m += 6) {
-        const int64_t mr = std::min<int64_t>(6, m1 - m);
-        kTiles[mr](kp, A + m * lda, lda, bp, C + m * ldc + c0, ldc, cols, accumulate, bj);
-      }
+  auto tile = [&](int64_t m0, int64_t m1, int64_t j) {
+    const int64_t c0 = j * kPanel, cols = std::min(kPanel, N - c0);
+    const float* bj = bias ? bias + c0 : nullptr;
+    for (int64_t m = m0; m < m1; m += 6) {
+      const int64_t mr = std::min<int64_t>(6, m1 - m);
+      kTiles[mr](kp, A + m * lda, lda, B + j * kp * kPanel, C + m * ldc + c0, ldc, cols, accumulate, bj);
     }
-  });
+  };
+  parallel_tiles(M, N, by_panel ? M : 48, by_panel, tile, [] {});
 #else
   TORCH_CHECK(false, "bf16_gemm: built without x86-64 AVX512_BF16 support");
 #endif

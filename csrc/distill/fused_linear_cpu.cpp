@@ -19,9 +19,6 @@
 //      GEMMs round G to bf16 (float32 accumulation), as autograd's bf16 matmuls do.
 // Labels are range-checked once, against the student's classes, before the loop.
 #include <ATen/Context.h>
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <cpuid.h>
-#endif
 #include <torch/library.h>
 
 #include <algorithm>
@@ -40,20 +37,7 @@ namespace {
 
 // Whether the CPU has native bfloat16 dot products (AVX512_BF16 or AMX-BF16): without them
 // oneDNN emulates bf16, slower than the float32 GEMM.
-bool native_bf16_cpu() {
-  static const bool has = [] {
-#if defined(__x86_64__) && defined(__GNUC__)
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    const bool amx_bf16 = d & (1u << 22);
-    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return amx_bf16;
-    return amx_bf16 || (a & (1u << 5)) != 0;  // leaf 7.1 EAX bit 5: AVX512_BF16
-#else
-    return false;
-#endif
-  }();
-  return has;
-}
+bool native_bf16_cpu() { return bf16_gemm_available() || amx_bf16_available(); }
 
 // How a bf16 head's GEMMs run: "brgemm" (ATen's cpublas::brgemm on AMX tiles) or "ours" (our
 // AVX512_BF16 register tiles), both on the weight packed once; "onednn": float32 copies in

@@ -278,10 +278,10 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
     default, and torchao's WandaSparsifier); None: the method's default. Every argument is
     checked before the model is touched."""
     sparsity, batches = _check_args(model, sparsity, method, calibration, pattern, keep_masks, group)
-    compete = group or ("row" if method == "wanda" else "tensor")  # (`group` below: a block's layers)
+    group = group or ("row" if method == "wanda" else "tensor")
     if method == "global_magnitude" or (method == "magnitude" and batches is None):
         return _prune_without_data(model, _default_targets(model, targets, blocks), method, sparsity, pattern,
-                                   keep_masks, compete)
+                                   keep_masks, group)
     if sequential:
         path, block_list = find_blocks(model, blocks)
         in_blocks = {}
@@ -304,41 +304,41 @@ def prune_model(model: nn.Module, sparsity, method: str = "wanda", calibration=N
         originals = {n: layers[n].weight.detach().clone() for n in names}
         for n in names:
             keep = _prune_layer(layers[n], method, sparsity, pattern, stats[n], blocksize, percdamp, keep_masks,
-                                compete)
+                                group)
             if keep_masks:
                 report.masks[f"{n}.weight"] = keep
         return originals
 
     with eval_mode(model):
         if not sequential:
-            group = {n: layers[n] for n in layers}
-            stats = new_stats(group)
-            with hooks_collecting(group, stats):
+            together = {n: layers[n] for n in layers}
+            stats = new_stats(together)
+            with hooks_collecting(together, stats):
                 for batch in batches:
                     run_batch(model, batch)
             all_reduce_statistics(stats, process_group)
-            originals = prune_group(list(group), stats)
-            meter = _ErrorMeter(group, originals)
+            originals = prune_group(list(together), stats)
+            meter = _ErrorMeter(together, originals)
             with meter:
                 for batch in batches:
                     run_batch(model, batch)
-            _add_reports(report, group, method, meter)
+            _add_reports(report, together, method, meter)
             return report
         inputs = _capture_block_inputs(model, block_list[0], batches)
         for block in block_list:
             inside = {id(x) for x in block.modules()}
-            group = {n: m for n, m in layers.items() if id(m) in inside}
-            stats = new_stats(group)
-            with hooks_collecting(group, stats):
+            together = {n: m for n, m in layers.items() if id(m) in inside}
+            stats = new_stats(together)
+            with hooks_collecting(together, stats):
                 for args, kwargs in inputs:
                     block(*args, **kwargs)
             all_reduce_statistics(stats, process_group)
-            originals = prune_group(list(group), stats)
-            meter = _ErrorMeter(group, originals)
+            originals = prune_group(list(together), stats)
+            meter = _ErrorMeter(together, originals)
             with meter:
                 inputs = [_with_hidden(args, kwargs, _hidden(block(*args, **kwargs)))
                           for args, kwargs in inputs]
-            _add_reports(report, group, method, meter)
+            _add_reports(report, together, method, meter)
             del originals, stats
     return report
 
@@ -359,8 +359,8 @@ def _default_targets(model, targets, blocks) -> dict:
     return out
 
 
-def _add_reports(report, group, method, meter):
-    for n, m in group.items():
+def _add_reports(report, layers, method, meter):
+    for n, m in layers.items():
         w = m.weight
         report.layers.append(LayerReport(n, tuple(w.shape), method, float((w == 0).float().mean()),
                                          meter.error(n) if meter is not None else None))

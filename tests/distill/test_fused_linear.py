@@ -454,6 +454,8 @@ def test_torch_compile_fullgraph(device):
 @pytest.mark.parametrize("pad", [False, True])
 def test_native_kernel_matches_reference(device, dtype, divergence, pad, cpu_bf16_gemm):
     skip_unless_serving("fused_linear_distill", device)
+    if dtype != torch.bfloat16 and cpu_bf16_gemm != "brgemm":
+        pytest.skip("the CPU GEMM choice is for bf16 heads; the other dtypes run once")
     d = make(n=37, v=300, vt=290 if pad else None, dtype=dtype, device=device, bias=True)
     d["y"] = d["y"].clamp(max=289)
     d["y"][::5] = -100
